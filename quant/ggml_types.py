@@ -1,0 +1,75 @@
+"""ggml tensor types: ids, block geometry, and the RawTensor every reader returns.
+
+The ids are ggml's (and GGUF's); rwkv.cpp's own `.bin` type codes are mapped to them by its reader.
+This table is the only place where block geometry lives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+
+class GGMLType(IntEnum):
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    BF16 = 30
+
+
+# type -> (elements per block, bytes per block), as ggml's GGML_QUANT_SIZES.
+BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
+    GGMLType.F32: (1, 4),
+    GGMLType.F16: (1, 2),
+    GGMLType.BF16: (1, 2),
+    GGMLType.Q4_0: (32, 18),
+    GGMLType.Q4_1: (32, 20),
+    GGMLType.Q5_0: (32, 22),
+    GGMLType.Q5_1: (32, 24),
+    GGMLType.Q8_0: (32, 34),
+}
+
+
+def row_nbytes(qtype: GGMLType, n_cols: int) -> int:
+    """Bytes of one row of `n_cols` elements; raises if the row is not whole blocks."""
+    block, size = BLOCK_SIZES[qtype]
+    if n_cols % block:
+        raise ValueError(f"row of {n_cols} elements is not a multiple of the {qtype.name} block ({block})")
+    return n_cols // block * size
+
+
+def tensor_nbytes(qtype: GGMLType, shape: tuple[int, ...]) -> int:
+    """Bytes of a whole tensor of numpy `shape` (last axis contiguous, as ggml's ne0)."""
+    n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    return n_rows * row_nbytes(qtype, shape[-1] if shape else 1)
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """A tensor as stored in a file: its type, numpy-order shape and undecoded data.
+
+    `data` is a (usually memory-mapped) view: float32/float16 typed for F32/F16, uint16 for BF16,
+    and uint8 of shape (rows, row_nbytes) for block-quantized types.
+    """
+
+    qtype: GGMLType
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+    def to_f32(self) -> np.ndarray:
+        """The values as a float32 array of `shape` (a view when already F32)."""
+        from .blocks import dequantize
+
+        return dequantize(self.qtype, self.data, self.shape)
+
+    @staticmethod
+    def from_array(array: np.ndarray) -> "RawTensor":
+        """Wrap a float32 or float16 numpy array."""
+        qtype = {np.dtype(np.float32): GGMLType.F32, np.dtype(np.float16): GGMLType.F16}[array.dtype]
+        return RawTensor(qtype, tuple(array.shape), array)

@@ -1,0 +1,105 @@
+"""Fetch a checkpoint's tensors by official name with shape checks, as float32 arrays or Linear layers.
+
+The only place the runtime touches stored tensors. Every shape is checked against the model spec, so a file
+whose tensors contradict each other fails here with one clear line instead of deep inside the forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..quant.blocks import dequantize
+from ..quant.errors import ModelFileError
+from ..quant.ggml_types import GGMLType, RawTensor
+from .norms import layer_norm
+
+
+class Linear:
+    """y = x W^T for a weight W stored [out, in] (PyTorch nn.Linear and ggml order).
+
+    The numpy reference keeps W in float32 (a zero-copy view for F32 files); quantized execution replaces this.
+    """
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.weight = weight  # (out, in) float32
+        self.n_out, self.n_in = weight.shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: (T, in) float32 -> (T, out) float32."""
+        return x @ self.weight.T
+
+
+def round_to(x: np.ndarray, qtype: GGMLType) -> np.ndarray:
+    """Round float32 values to F16 or BF16 precision (nearest, ties to even), returned as float32."""
+    if qtype == GGMLType.F16:
+        return x.astype(np.float16).astype(np.float32)
+    if qtype == GGMLType.BF16:
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        bits = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+        return bits.view(np.float32)
+    return x
+
+
+class Embedding:
+    """Row lookup into a stored [n_vocab, n_embd] table followed by ln0, decoding only the rows asked for.
+
+    The official package folds ln0 into the table once, in the checkpoint's own dtype, for v4-v6 (§1 of
+    docs/rwkv-math.md); `fold_dtype` reproduces that rounding row by row, so no folded copy is kept.
+    """
+
+    def __init__(
+        self, raw: RawTensor, ln0: tuple[np.ndarray, np.ndarray], eps: float, fold_dtype: GGMLType | None = None
+    ) -> None:
+        self.raw = raw
+        self.n_vocab, self.n_embd = raw.shape
+        self.ln0 = ln0  # (C,), (C,) weight and bias
+        self.eps = eps
+        self.fold_dtype = fold_dtype
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens: (T,) int -> (T, C) float32, ln0 applied."""
+        rows = self.raw.data.reshape(self.n_vocab, -1)[tokens]
+        x = np.asarray(dequantize(self.raw.qtype, rows, (len(tokens), self.n_embd)), dtype=np.float32)
+        x = layer_norm(x, *self.ln0, self.eps)
+        return x if self.fold_dtype is None else round_to(x, self.fold_dtype)
+
+
+class TensorSet:
+    """Official-name tensors of one checkpoint, handed out with their shapes checked."""
+
+    def __init__(self, tensors: dict[str, RawTensor], path: str) -> None:
+        self.tensors = tensors
+        self.path = path
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def raw(self, name: str) -> RawTensor:
+        if name not in self.tensors:
+            raise ModelFileError(self.path, f"missing tensor '{name}'")
+        return self.tensors[name]
+
+    def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 array of `shape`; size-1 axes may differ (official vectors are [1, 1, C])."""
+        raw = self.raw(name)
+        if tuple(d for d in raw.shape if d != 1) != tuple(d for d in shape if d != 1):
+            raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {list(shape)}")
+        return np.ascontiguousarray(raw.to_f32(), dtype=np.float32).reshape(shape)
+
+    def linear(self, name: str, n_out: int, n_in: int) -> Linear:
+        raw = self.raw(name)
+        if raw.shape != (n_out, n_in):
+            raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {[n_out, n_in]}")
+        weight = raw.to_f32()
+        if raw.qtype != GGMLType.F32:
+            weight = np.ascontiguousarray(weight)
+        return Linear(weight)
+
+    def embedding(
+        self, n_vocab: int, n_embd: int, eps: float, fold_dtype: GGMLType | None = None
+    ) -> Embedding:
+        raw = self.raw("emb.weight")
+        if raw.shape != (n_vocab, n_embd):
+            raise ModelFileError(self.path, f"tensor 'emb.weight' has shape {list(raw.shape)}, expected {[n_vocab, n_embd]}")
+        ln0 = self.array("blocks.0.ln0.weight", (n_embd,)), self.array("blocks.0.ln0.bias", (n_embd,))
+        return Embedding(raw, ln0, eps, fold_dtype)
