@@ -23,7 +23,7 @@ class Checkpoint:
     """Tensors in official names and semantics, the spec detected from them, and where they came from."""
 
     path: str
-    kind: str  # 'pth', 'rwkv.cpp', 'safetensors'
+    kind: str  # 'pth', 'rwkv.cpp', 'safetensors', 'gguf'
     tensors: dict[str, RawTensor]
     spec: ModelSpec
     metadata: dict[str, object] = field(default_factory=dict)
@@ -83,7 +83,9 @@ def open_checkpoint(path: str | os.PathLike[str], *, group_norm_eps: float | Non
         tensors = hf_to_official(raw, path)
         metadata.update(st_meta)
     else:
-        raise ModelFileError(path, "GGUF files are not supported yet")
+        from .gguf_model import read_gguf_model
+
+        return read_gguf_model(path, group_norm_eps=group_norm_eps)
     spec = detect_spec(tensors, path, group_norm_eps=group_norm_eps if group_norm_eps is not None else eps_hint)
     fold = None
     if kind == "pth" and spec.version != "7" and tensors["emb.weight"].qtype in (GGMLType.F16, GGMLType.BF16):

@@ -46,6 +46,9 @@ class ModelSpec:
     lora: dict[str, int] = field(default_factory=dict)  # v6: mix, decay; v7: w, a, v, g
     group_norm_eps: float = OFFICIAL_GROUP_NORM_EPS
     layer_norm_eps: float = LAYER_NORM_EPS
+    # llama.cpp's v6 files divide att.output/ffn.value of layer i by 2**(i // n) and halve the residual
+    # stream after every n-th layer (n = rescale_every); 0 = weights as trained.
+    rescale_every: int = 0
 
     @property
     def state_floats_per_layer(self) -> int:
@@ -99,6 +102,7 @@ def detect_spec(
     path: str | os.PathLike[str],
     *,
     group_norm_eps: float | None = None,
+    rescale_every: int = 0,
 ) -> ModelSpec:
     """Version and hyper-parameters of a checkpoint in official names (any storage type)."""
     path = os.fspath(path)
@@ -135,4 +139,6 @@ def detect_spec(
     if n_att != n_embd:
         raise ModelFileError(path, f"attention width {n_att} differs from n_embd {n_embd}; not supported")
     eps = OFFICIAL_GROUP_NORM_EPS if group_norm_eps is None else group_norm_eps
-    return ModelSpec(version, n_vocab, n_embd, n_layer, n_att, n_ffn, n_head, head_size, lora, eps)
+    return ModelSpec(
+        version, n_vocab, n_embd, n_layer, n_att, n_ffn, n_head, head_size, lora, eps, LAYER_NORM_EPS, rescale_every
+    )

@@ -17,7 +17,7 @@ from ..quant.spec import ModelSpec
 from . import rwkv4, rwkv5, rwkv6, rwkv7
 from .norms import layer_norm
 from .state import State
-from .tokenizer import Tokenizer, load_tokenizer, tokenizer_for_vocab
+from .tokenizer import Tokenizer, load_tokenizer, tokenizer_from_gguf, tokenizer_for_vocab
 from .weights import Embedding, Linear, TensorSet
 
 # Long prompts run in chunks so activations stay (chunk, F) floats, however long the prompt.
@@ -51,7 +51,11 @@ class Model:
         self.kind = checkpoint.kind
         self.spec: ModelSpec = spec
         self.checkpoint = checkpoint
-        self.tokenizer = tokenizer if tokenizer is not None else tokenizer_for_vocab(spec.n_vocab)
+        if tokenizer is None and checkpoint.kind == "gguf":
+            tokenizer = tokenizer_from_gguf(checkpoint.metadata, spec.n_vocab)
+        elif tokenizer is None:
+            tokenizer = tokenizer_for_vocab(spec.n_vocab)
+        self.tokenizer = tokenizer
 
         def ln(prefix: str) -> tuple[np.ndarray, np.ndarray]:
             return ts.array(prefix + ".weight", (C,)), ts.array(prefix + ".bias", (C,))
@@ -142,6 +146,8 @@ class Model:
                 x = x + rwkv7.channel_mix(lw, b, state.ffn_x_prev[i])
             else:
                 x = x + rwkv4.channel_mix(lw.ffn, b, state.ffn_x_prev[i])
+            if spec.rescale_every and (i + 1) % spec.rescale_every == 0:
+                x = x * np.float32(0.5)
         if logits == "none":
             return x[:0]
         rows = x if logits == "all" else x[-1:]
@@ -151,5 +157,5 @@ class Model:
 def load(
     path: str | os.PathLike[str], *, group_norm_eps: float | None = None, tokenizer: str | None = None
 ) -> Model:
-    """Load a model file: official `.pth`, rwkv.cpp `.bin` or Hugging Face `.safetensors`."""
+    """Load a model file: GGUF, official `.pth`, rwkv.cpp `.bin` or Hugging Face `.safetensors`."""
     return Model.load(path, group_norm_eps=group_norm_eps, tokenizer=tokenizer)

@@ -8,11 +8,12 @@ files ship as package data in `quant/vocab`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..quant.errors import ModelFileError
+from ..quant.gguf_vocab import KIND_KEY, token_bytes_from_metadata
 from .world_tokenizer import WorldTokenizer
 
 if TYPE_CHECKING:
@@ -205,3 +206,17 @@ def load_tokenizer(spec: str) -> Tokenizer:
         f"unknown tokenizer {spec!r}: expected world, neox, bytes, or a path to a .txt World vocab "
         "or a .json tokenizer"
     )
+
+
+def tokenizer_from_gguf(metadata: Mapping[str, Any], n_vocab: int) -> Tokenizer | None:
+    """The tokenizer a GGUF file carries (docs/format.md), or None for a file without one."""
+    kind = metadata.get(KIND_KEY)
+    model = metadata.get("tokenizer.ggml.model")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if "tokenizer.huggingface.json" in metadata:
+        return NeoXTokenizer.from_str(str(metadata["tokenizer.huggingface.json"]), "tokenizer.huggingface.json")
+    if model == "rwkv" and "tokenizer.ggml.tokens" in metadata:
+        tokens = token_bytes_from_metadata(dict(metadata))
+        return WorldTokenizer(tokens + [b""] * max(0, n_vocab - len(tokens)))
+    return None

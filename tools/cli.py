@@ -8,9 +8,9 @@ import traceback
 from collections.abc import Sequence
 
 from ..quant.errors import ModelFileError
-from . import generate, info
+from . import convert, generate, info
 
-COMMANDS = {"generate": generate, "info": info}
+COMMANDS = {"generate": generate, "convert": convert, "info": info}
 
 
 def build_parser() -> argparse.ArgumentParser:

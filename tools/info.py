@@ -8,6 +8,8 @@ import os
 from collections import Counter
 
 from ..quant.checkpoint import open_checkpoint
+from ..quant.ggml_types import tensor_nbytes
+from ..quant.gguf_layout import storage_type_of
 from ..quant.spec import ModelSpec
 from .default_model import default_model_path
 
@@ -24,9 +26,14 @@ def describe(path: str) -> dict[str, object]:
     spec: ModelSpec = ckpt.spec
     n_params = sum(int(_numel(t.shape)) for t in ckpt.tensors.values())
     types = Counter(t.qtype.name for t in ckpt.tensors.values())
-    type_params = Counter()
-    for t in ckpt.tensors.values():
+    type_params: Counter[str] = Counter()
+    matrix_bits = matrix_params = 0
+    for name, t in ckpt.tensors.items():
         type_params[t.qtype.name] += _numel(t.shape)
+        if storage_type_of(name) == "matrix":
+            matrix_bits += 8 * tensor_nbytes(t.qtype, t.shape)
+            matrix_params += _numel(t.shape)
+    meta = ckpt.metadata if ckpt.kind == "gguf" else {}
     return {
         "file": path,
         "file_bytes": os.path.getsize(path),
@@ -44,7 +51,11 @@ def describe(path: str) -> dict[str, object]:
         "n_tensors": len(ckpt.tensors),
         "tensor_types": dict(types),
         "params_by_type": dict(type_params),
+        "matrix_bits_per_weight": round(matrix_bits / max(matrix_params, 1), 4),
         "state_bytes": spec.state_nbytes,
+        "rescale_every": spec.rescale_every,
+        "tokenizer": meta.get("rwkv_edge.tokenizer", meta.get("tokenizer.ggml.model")) if meta else None,
+        "gguf_metadata": {k: v for k, v in meta.items() if not k.startswith("tokenizer.")},
     }
 
 
@@ -70,5 +81,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters    {d['n_params']:,} in {d['n_tensors']} tensors")
     by_type = d["params_by_type"]
     print("types         " + ", ".join(f"{k} {by_type[k]:,} params ({n} tensors)" for k, n in d["tensor_types"].items()))
+    print(f"matrices      {d['matrix_bits_per_weight']:.2f} bits per weight")
     print(f"state         {d['state_bytes']:,} bytes per session")
+    if d["tokenizer"]:
+        print(f"tokenizer     {d['tokenizer']}")
     return 0
