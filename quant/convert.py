@@ -57,7 +57,22 @@ def convert(
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise ValueError(f"{dst}: refusing to overwrite the source file")
-    ckpt = open_checkpoint(src)
+    return convert_checkpoint(open_checkpoint(src), dst, target, tokenizer=tokenizer, emb_type=emb_type,
+                              head_type=head_type, progress=progress)
+
+
+def convert_checkpoint(
+    ckpt: Checkpoint,
+    dst: str | os.PathLike[str],
+    target: GGMLType,
+    *,
+    tokenizer: str | None = None,
+    emb_type: GGMLType | None = None,
+    head_type: GGMLType | None = None,
+    progress: Progress | None = None,
+) -> ConvertResult:
+    """Write an opened (or generated) checkpoint as GGUF; see `convert`."""
+    dst, src = os.fspath(dst), ckpt.path
     spec = ckpt.spec
     policy = Policy.for_type(target, emb_type, head_type)
     plan = [(name, raw, policy.type_for(official, raw.shape), official)

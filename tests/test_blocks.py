@@ -11,7 +11,6 @@ from gguf.quants import dequantize as gguf_dequantize
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-
 from rwkv_edge.quant.blocks import BLOCK_TYPES, dequantize, quantize, quantize_rows
 from rwkv_edge.quant.float_types import to_bf16
 from rwkv_edge.quant.ggml_types import BLOCK_SIZES, GGMLType, row_nbytes, tensor_nbytes
@@ -195,8 +194,9 @@ def test_wrong_size_or_shape_is_rejected() -> None:
 # Quantization: byte-for-byte against gguf-py (a numpy port tested bit-exact against libggml), and
 # hand-built blocks for the rules where gguf-py and ggml's C part ways (the sign of a zero).
 
-SYMMETRIC_SPAN = {GGMLType.Q4_0: 8, GGMLType.Q5_0: 16, GGMLType.Q8_0: 127}  # d = max / -span (Q8_0: amax / 127)
-ASYMMETRIC_LEVELS = {GGMLType.Q4_1: 15, GGMLType.Q5_1: 31}  # d = (max - min) / levels
+# d = max / -span (Q8_0: amax / 127); d = (max - min) / levels
+SYMMETRIC_SPAN = {GGMLType.Q4_0: 8, GGMLType.Q5_0: 16, GGMLType.Q8_0: 127}
+ASYMMETRIC_LEVELS = {GGMLType.Q4_1: 15, GGMLType.Q5_1: 31}
 ENCODED = [*BLOCK_TYPES, GGMLType.F16, GGMLType.BF16]
 
 
@@ -251,17 +251,18 @@ def _dataset(kind: str, qtype: GGMLType, rng: np.random.Generator) -> np.ndarray
     elif kind == "float32_range_overflow":  # max - min overflows float32 (Q4_1/Q5_1)
         x = np.clip(normal, -2.2, 2.2) * 1.5e38
     else:
-        x = normal * {
-            "normal": 1.0,
-            "fp16_subnormal_scales": 1e-3,  # d ~ 3e-5 .. 4e-4: fp16 subnormals
-            "fp16_underflowing_scales": 1e-7,  # d below fp16's smallest subnormal: stored as 0
-            "float32_subnormal_blocks": 1e-40,  # 1/d overflows float32 (ggml's undefined case)
-            "near_fp16_max": 2e4,  # F16 and BF16 values around 65504 and past it
-            "fp16_overflowing_scales": 1e7,  # d past 65504: stored as inf
-        }[kind]
+        x = normal * SCALES[kind]
     return (x + 0.0).astype(np.float32)  # + 0.0 turns any -0.0 into +0.0
 
 
+SCALES = {
+    "normal": 1.0,
+    "fp16_subnormal_scales": 1e-3,  # d ~ 3e-5 .. 4e-4: fp16 subnormals
+    "fp16_underflowing_scales": 1e-7,  # d below fp16's smallest subnormal: stored as 0
+    "float32_subnormal_blocks": 1e-40,  # 1/d overflows float32 (ggml's undefined case)
+    "near_fp16_max": 2e4,  # F16 and BF16 values around 65504 and past it
+    "fp16_overflowing_scales": 1e7,  # d past 65504: stored as inf
+}
 KINDS = ["normal", "ties", "near_ties", "outliers", "zero_rows_and_blocks", "fp16_subnormal_scales",
          "fp16_underflowing_scales", "float32_subnormal_blocks", "near_fp16_max",
          "fp16_overflowing_scales", "float32_range_overflow"]  # fmt: skip
@@ -369,7 +370,8 @@ def test_zero_signs_follow_ggml_c() -> None:
     assert quantize(GGMLType.Q5_1, -zeros).tobytes() == b"\x00\x00\x00\x80" + bytes(20)
     mixed = np.array([1.0, 0.0, -0.0] + [1.0] * 29, np.float32)  # min +0.0 (first), d = 1 / 15
     assert quantize(GGMLType.Q4_1, mixed).tobytes()[2:4] == b"\x00\x00"
-    assert quantize(GGMLType.Q4_1, -(-mixed)[[0, 2, 1, *range(3, 32)]]).tobytes()[2:4] == b"\x00\x80"
+    swapped = mixed[[0, 2, 1, *range(3, 32)]]  # -0.0 first: min -0.0
+    assert quantize(GGMLType.Q4_1, swapped).tobytes()[2:4] == b"\x00\x80"
 
 
 def test_float32_subnormal_blocks_quantize_to_zero() -> None:
@@ -412,19 +414,23 @@ def test_bf16_rounding_and_nan_as_ggml() -> None:
     )  # fmt: skip
     expected = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x7F80, 0xFF80,
                 0x7FC0, 0xFFFF, 0x7FC0, 0x0000, 0x0000, 0x0002, 0x8000]  # fmt: skip
-    ours = quantize(GGMLType.BF16, bits.view(np.float32))
+    values = bits.view(np.float32)
+    ours = quantize(GGMLType.BF16, values)
     assert ours.dtype == np.uint16 and ours.tolist() == expected
-    np.testing.assert_array_equal(ours.view(np.uint8), _gguf_bytes(GGMLType.BF16, bits.view(np.float32)))
-    assert np.array_equal(to_bf16(bits.view(np.float32).reshape(2, 7)), np.reshape(expected, (2, 7)))
+    np.testing.assert_array_equal(ours.view(np.uint8), _gguf_bytes(GGMLType.BF16, values))
+    assert to_bf16(values.reshape(2, 7)).tolist() == np.reshape(expected, (2, 7)).tolist()
 
 
-def test_f16_rounding_as_numpy() -> None:
-    x = np.array([65519.0, 65520.0, -1e6, 2**-25, 1.5 * 2**-25, 1 / 3, np.inf, np.nan], np.float32)
+def test_f16_rounding_as_ggml() -> None:
+    x = np.array([65519.0, 65520.0, -1e6, 2**-25, 1.5 * 2**-25, 1 / 3, np.inf], np.float32)
     ours = quantize(GGMLType.F16, x)
     assert ours.dtype == np.float16
     with np.errstate(over="ignore"):
         np.testing.assert_array_equal(ours.view(np.uint16), x.astype(np.float16).view(np.uint16))
     assert ours[:5].tolist() == [65504.0, np.inf, -np.inf, 0.0, 2**-24]
+    # NaNs become ggml's canonical quiet NaN; numpy would give 0x7C01 (signalling), 0xFE09, 0x7E00
+    nans = np.array([0x7F800001, 0xFFC12345, 0x7FC00000], np.uint32).view(np.float32)
+    assert quantize(GGMLType.F16, nans).view(np.uint16).tolist() == [0x7E00, 0xFE00, 0x7E00]
 
 
 def test_f32_is_passed_through() -> None:
@@ -447,9 +453,8 @@ def test_non_finite_values_are_refused_with_their_row(qtype: GGMLType, bad: floa
 
 def test_float_types_keep_non_finite_values() -> None:
     x = np.array([np.nan, np.inf, -np.inf, 1.0], np.float32)
-    assert np.isnan(quantize(GGMLType.F16, x)[0]) and quantize(GGMLType.BF16, x)[1:].tolist() == [
-        0x7F80, 0xFF80, 0x3F80
-    ]
+    assert np.isnan(quantize(GGMLType.F16, x)[0])
+    assert quantize(GGMLType.BF16, x).tolist() == [0x7FC0, 0x7F80, 0xFF80, 0x3F80]
 
 
 @pytest.mark.parametrize("qtype", ENCODED, ids=lambda t: t.name)
@@ -474,15 +479,19 @@ def test_quantize_rows_into_a_memmap_in_chunks(tmp_path) -> None:  # type: ignor
         assert quantize_rows(qtype, x, out, chunk_bytes=4 * 96 * 4) is out
         out.flush()
         del out
-        assert path.read_bytes() == _our_bytes(qtype, x).tobytes() == _gguf_bytes(qtype, x).tobytes()
+        written = path.read_bytes()
+        assert written == _our_bytes(qtype, x).tobytes() == _gguf_bytes(qtype, x).tobytes()
 
 
 @pytest.mark.parametrize("qtype", ENCODED, ids=lambda t: t.name)
 def test_quantize_rows_converts_any_float_input(qtype: GGMLType) -> None:
-    base = np.random.default_rng(6).standard_normal((6, 128))
-    expected = _our_bytes(qtype, base.astype(np.float32))
-    for x in (base, base.astype(np.float32)[:, ::-1][:, ::-1], np.asfortranarray(base.astype(np.float32))):
-        np.testing.assert_array_equal(quantize_rows(qtype, x, chunk_bytes=1000).reshape(-1), expected)
+    base = np.random.default_rng(6).standard_normal((6, 128))  # float64
+    single = base.astype(np.float32)
+    expected = _our_bytes(qtype, single)
+    backwards = np.ascontiguousarray(single[:, ::-1])[:, ::-1]  # negative strides, same values
+    for x in (base, backwards, np.asfortranarray(single)):
+        got = quantize_rows(qtype, x, chunk_bytes=1000)  # 1 row per chunk
+        np.testing.assert_array_equal(got.reshape(-1), expected)
     half = base.astype(np.float16)
     np.testing.assert_array_equal(
         quantize_rows(qtype, half).reshape(-1), _our_bytes(qtype, half.astype(np.float32))
