@@ -136,7 +136,7 @@ def test_world_vocabulary_round_trips_through_gguf(tmp_path):
     tokens = reader.fields["tokenizer.ggml.tokens"]
     texts = [bytes(tokens.parts[i]).decode() for i in tokens.data]
     # llama.cpp's converter writes exactly these strings (repr(bytes)[2:-1]).
-    assert texts[0] == "<s>" and texts[11] == "\\n" and texts[261] == "\\n\\n" and texts[65530] == "[PAD1]"
+    assert texts[0] == "<s>" and texts[11] == "\\n" and texts[261] == "\\n\\n" and texts[65530] == "[PAD65530]"
     model = rwkv_edge.load(tmp_path / "world.gguf")
     bundled = world_tokenizer()
     text = "The Eiffel tower 以下は、 😀 \x00 'quotes' \\back\\slash"
