@@ -33,6 +33,8 @@ class Checkpoint:
 
 
 def sniff_kind(path: str) -> str:
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise ModelFileError(path, "is not a regular file")  # a FIFO or device would block or never end
     try:
         with open(path, "rb") as f:
             head = f.read(16)

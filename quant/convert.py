@@ -4,8 +4,9 @@ metadata and tokenizer inside, written through gguf-py to a temporary file that 
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,22 +74,20 @@ def convert_checkpoint(
 ) -> ConvertResult:
     """Write an opened (or generated) checkpoint as GGUF; see `convert`."""
     dst, src = os.fspath(dst), ckpt.path
+    tmp = _claim_temporary(dst)
     spec = ckpt.spec
     policy = Policy.for_type(target, emb_type, head_type)
     plan = [(name, raw, policy.type_for(official, raw.shape), official)
             for name, official, raw in to_gguf(ckpt.tensors, spec, src)]
-    metadata = _metadata(ckpt, target, tokenizer)
-
-    out_dir = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=".rwkv-edge-", suffix=".gguf.tmp", dir=out_dir)
-    os.close(fd)
     try:
+        metadata = _metadata(ckpt, target, tokenizer)
         _write(tmp, ARCHITECTURES[spec.version], metadata, plan, progress)
         os.replace(tmp, dst)
-    except BaseException:
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, dst) from None  # name the file the user asked for
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
     types: dict[str, int] = {}
     q_bits = q_weights = 0
     for _, raw, qtype, official in plan:
@@ -98,6 +97,30 @@ def convert_checkpoint(
             q_bits += tensor_nbytes(qtype, raw.shape) * 8
             q_weights += n
     return ConvertResult(dst, spec, os.path.getsize(dst), types, q_bits / max(q_weights, 1))
+
+
+def _claim_temporary(dst: str) -> str:
+    """Create the hidden file the output is written to before the rename, after checking the destination.
+
+    Made with the usual 0666 & ~umask permissions (mkstemp's 0600 would survive the rename).
+    """
+    if not dst:
+        raise ValueError("the output file name is empty")
+    if os.path.isdir(dst):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", dst)
+    out_dir = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(errno.ENOENT, "its directory does not exist", dst)
+    for _ in range(100):
+        tmp = os.path.join(out_dir, f".{os.path.basename(dst)}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, dst) from None
+    raise FileExistsError(errno.EEXIST, "could not create a temporary file beside it", dst)
 
 
 def _metadata(ckpt: Checkpoint, target: GGMLType, tokenizer: str | None) -> dict[str, Any]:
@@ -155,8 +178,16 @@ def _tokenizer_from_file(path: str, n_vocab: int) -> dict[str, Any]:
     with open(path, "rb") as f:
         data = f.read()
     if path.endswith(".json"):
-        return {KIND_KEY: "hf-json", "tokenizer.ggml.model": "none",
-                "tokenizer.huggingface.json": data.decode("utf-8")}
+        import tokenizers
+
+        try:
+            text = data.decode("utf-8")
+            size = tokenizers.Tokenizer.from_str(text).get_vocab_size(with_added_tokens=True)
+        except Exception as err:  # tokenizers raises its own exception type for a bad file
+            raise ValueError(f"{path}: not a Hugging Face tokenizer.json ({' '.join(str(err).split())[:80]})") from None
+        if size > n_vocab:
+            raise ValueError(f"{path}: the tokenizer has {size} ids, the model only {n_vocab}")
+        return {KIND_KEY: "hf-json", "tokenizer.ggml.model": "none", "tokenizer.huggingface.json": text}
     body = parse_world_vocab(data, path)[1:]
     if len(body) + 1 > n_vocab:
         raise ValueError(f"{path}: vocabulary has {len(body) + 1} ids, the model only {n_vocab}")

@@ -182,14 +182,24 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
     """GGUF names and layout back to official names, shapes and semantics (the inverse of `to_gguf`)."""
     family = _family(version)
     out: dict[str, RawTensor] = {}
+    # llama.cpp's placeholders for layer 0's value-residual mix: present, never used.
+    used = {f"blk.0.time_mix_v{n}.weight" for n in "012"} if family == "7" else set()
 
     def get(name: str) -> RawTensor:
         if name not in tensors:
             raise ModelFileError(path, f"{arch} file is missing tensor '{name}'")
+        used.add(name)
         return tensors[name]
 
     def put(name: str, raw: RawTensor, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        out[name] = raw if transform is None else RawTensor.from_array(np.ascontiguousarray(transform(_f32(raw))))
+        if transform is None:
+            out[name] = raw
+            return
+        try:
+            out[name] = RawTensor.from_array(np.ascontiguousarray(transform(_f32(raw))))
+        except ValueError:
+            raise ModelFileError(path, f"tensor for '{name}' has shape {list(raw.shape)}, which does not fit "
+                                       f"head size {head_size}") from None
 
     for official, gguf_name in _COMMON.items():
         put(official, get(gguf_name))
@@ -197,7 +207,7 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
         p, b = f"blocks.{i}.", f"blk.{i}."
         for suffix, gguf_name in _LAYER.items():
             if b + gguf_name in tensors:
-                put(p + suffix, tensors[b + gguf_name])
+                put(p + suffix, get(b + gguf_name))
         for suffix, gguf_name in _VECTORS[family].items():
             if b + gguf_name not in tensors:
                 if (family == "7" and suffix == "att.v0" and i == 0) or (family == "5" and suffix == "att.time_mix_g"):
@@ -225,6 +235,10 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
             fused = fused.reshape(len(parts), -1)
             for k, s in enumerate(parts):
                 out[p + s] = RawTensor.from_array(np.ascontiguousarray(fused[k].reshape(1, 1, -1)))
+    unused = sorted(set(tensors) - used)
+    if unused:
+        raise ModelFileError(path, f"tensor '{unused[0]}' is not part of a {n_layer}-layer {arch} model "
+                                   f"({len(unused)} unused; does block_count contradict the tensors?)")
     return out
 
 

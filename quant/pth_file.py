@@ -322,7 +322,11 @@ def _materialise(
     if _is_contiguous(ref.shape, ref.stride):
         data = elements[ref.offset : ref.offset + count].reshape(ref.shape)
     else:
-        # Rare (rwkv.cpp-derived files hold transposed LoRAs); a copy keeps RawTensors row-major.
+        # Rare (rwkv.cpp-derived files hold transposed LoRAs); a copy keeps RawTensors row-major. A view
+        # that repeats elements (stride 0, torch's expand) could ask for far more memory than the file holds.
+        if count > storage.numel and count * storage.dtype.itemsize > os.path.getsize(path):
+            problem = f"tensor '{name}' repeats {storage.numel} stored values as {count}, more than the file holds"
+            raise ModelFileError(path, problem)
         itemsize = storage.dtype.itemsize
         strided: np.ndarray = np.lib.stride_tricks.as_strided(
             elements[ref.offset :],

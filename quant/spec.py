@@ -61,10 +61,14 @@ class ModelSpec:
         return 4 * self.n_layer * self.state_floats_per_layer
 
 
-def _shape(tensors: dict[str, RawTensor], name: str, path: str) -> tuple[int, ...]:
+def _shape(tensors: dict[str, RawTensor], name: str, path: str, rank: int | None = None) -> tuple[int, ...]:
+    """The tensor's shape; with `rank`, checked to have that many axes (size-1 axes squeezed for rank 1)."""
     if name not in tensors:
         raise ModelFileError(path, f"missing tensor '{name}'")
-    return tensors[name].shape
+    shape = tensors[name].shape
+    if rank is not None and len(shape) != rank and not (rank == 1 and len(_squeezed(shape)) == 1):
+        raise ModelFileError(path, f"tensor '{name}' has shape {list(shape)}, expected {rank} dimensions")
+    return shape
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -112,28 +116,27 @@ def detect_spec(
         raise ModelFileError(path, f"emb.weight has shape {emb}, expected [n_vocab, n_embd]")
     n_vocab, n_embd = emb
     n_layer = _n_layer(tensors, path)
-    n_att = _shape(tensors, "blocks.0.att.key.weight", path)[0]
-    n_ffn = _shape(tensors, "blocks.0.ffn.key.weight", path)[0]
+    n_att = _shape(tensors, "blocks.0.att.key.weight", path, 2)[0]
+    n_ffn = _shape(tensors, "blocks.0.ffn.key.weight", path, 2)[0]
     lora: dict[str, int] = {}
     if version == "4":
         n_head, head_size = 1, 1
     elif version in ("5.0", "5.1", "5.2"):
         n_head = _squeezed(_shape(tensors, "blocks.0.att.time_decay", path))[0]
+        if len(_squeezed(tensors["blocks.0.att.time_decay"].shape)) > 2:
+            raise ModelFileError(path, "blocks.0.att.time_decay has more than 2 dimensions")
         head_size = n_att // n_head
     elif version == "6":
-        n_head = _shape(tensors, "blocks.0.att.time_faaaa", path)[0]
+        n_head = _shape(tensors, "blocks.0.att.time_faaaa", path, 2)[0]
         head_size = n_att // n_head
-        lora["mix"] = _shape(tensors, "blocks.0.att.time_maa_w1", path)[1] // 5
-        lora["decay"] = _shape(tensors, "blocks.0.att.time_decay_w1", path)[1]
+        lora["mix"] = _shape(tensors, "blocks.0.att.time_maa_w1", path, 2)[1] // 5
+        lora["decay"] = _shape(tensors, "blocks.0.att.time_decay_w1", path, 2)[1]
     else:
-        r_k = _shape(tensors, "blocks.0.att.r_k", path)
-        if len(r_k) != 2:
-            raise ModelFileError(path, f"blocks.0.att.r_k has shape {r_k}, expected [n_head, head_size]")
-        n_head, head_size = r_k
-        lora["w"] = _shape(tensors, "blocks.0.att.w1", path)[1]
-        lora["a"] = _shape(tensors, "blocks.0.att.a1", path)[1]
-        lora["g"] = _shape(tensors, "blocks.0.att.g1", path)[1]
-        lora["v"] = _shape(tensors, "blocks.1.att.v1", path)[1] if n_layer > 1 else 0
+        n_head, head_size = _shape(tensors, "blocks.0.att.r_k", path, 2)
+        lora["w"] = _shape(tensors, "blocks.0.att.w1", path, 2)[1]
+        lora["a"] = _shape(tensors, "blocks.0.att.a1", path, 2)[1]
+        lora["g"] = _shape(tensors, "blocks.0.att.g1", path, 2)[1]
+        lora["v"] = _shape(tensors, "blocks.1.att.v1", path, 2)[1] if n_layer > 1 else 0
     if version != "4" and (n_head <= 0 or n_head * head_size != n_att):
         raise ModelFileError(path, f"{n_att} attention channels do not split into {n_head} heads")
     if n_att != n_embd:

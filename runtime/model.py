@@ -14,6 +14,7 @@ import numpy as np
 
 from ..quant.checkpoint import Checkpoint, open_checkpoint
 from ..quant.spec import ModelSpec
+from .. import kernels
 from . import rwkv4, rwkv5, rwkv6, rwkv7
 from .norms import layer_norm
 from .state import State
@@ -43,9 +44,12 @@ class Block:
 class Model:
     """An RWKV model of any supported version, ready to run."""
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer | None = None) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, tokenizer: Tokenizer | None = None, *, threads: int | None = None
+    ) -> None:
         spec = checkpoint.spec
-        ts = TensorSet(checkpoint.tensors, checkpoint.path)
+        self.pool = kernels.ThreadPool(threads)  # joined when the model is garbage-collected
+        ts = TensorSet(checkpoint.tensors, checkpoint.path, self.pool)
         C = spec.n_embd
         self.path = checkpoint.path
         self.kind = checkpoint.kind
@@ -55,6 +59,9 @@ class Model:
             tokenizer = tokenizer_from_gguf(checkpoint.metadata, spec.n_vocab)
         elif tokenizer is None:
             tokenizer = tokenizer_for_vocab(spec.n_vocab)
+        elif tokenizer.vocab_size > spec.n_vocab:
+            raise ValueError(f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} ids, but the model "
+                             f"{checkpoint.path} only {spec.n_vocab}")
         self.tokenizer = tokenizer
 
         def ln(prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,9 +82,10 @@ class Model:
         *,
         group_norm_eps: float | None = None,
         tokenizer: str | None = None,
+        threads: int | None = None,
     ) -> "Model":
         checkpoint = open_checkpoint(path, group_norm_eps=group_norm_eps)
-        return cls(checkpoint, load_tokenizer(tokenizer) if tokenizer else None)
+        return cls(checkpoint, load_tokenizer(tokenizer) if tokenizer else None, threads=threads)
 
     def new_state(self) -> State:
         return State(self.spec)
@@ -155,7 +163,14 @@ class Model:
 
 
 def load(
-    path: str | os.PathLike[str], *, group_norm_eps: float | None = None, tokenizer: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    group_norm_eps: float | None = None,
+    tokenizer: str | None = None,
+    threads: int | None = None,
 ) -> Model:
-    """Load a model file: GGUF, official `.pth`, rwkv.cpp `.bin` or Hugging Face `.safetensors`."""
-    return Model.load(path, group_norm_eps=group_norm_eps, tokenizer=tokenizer)
+    """Load a model file: GGUF, official `.pth`, rwkv.cpp `.bin` or Hugging Face `.safetensors`.
+
+    `threads`: kernel threads (default: the physical cores).
+    """
+    return Model.load(path, group_norm_eps=group_norm_eps, tokenizer=tokenizer, threads=threads)

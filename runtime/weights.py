@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..quant.blocks import dequantize
 from ..quant.errors import ModelFileError
 from ..quant.ggml_types import GGMLType, RawTensor
@@ -15,18 +16,33 @@ from .norms import layer_norm
 
 
 class Linear:
-    """y = x W^T for a weight W stored [out, in] (PyTorch nn.Linear and ggml order).
+    """y = x W^T for a weight W stored [out, in] (PyTorch nn.Linear and ggml order) in its file's type.
 
-    The numpy reference keeps W in float32 (a zero-copy view for F32 files); quantized execution replaces this.
+    The kernels compute straight from the stored bytes (a view of the memory-mapped file); nothing is
+    dequantized or copied at load, except rows an unpadded rwkv.cpp file leaves misaligned for C.
     """
 
-    def __init__(self, weight: np.ndarray) -> None:
-        self.weight = weight  # (out, in) float32
-        self.n_out, self.n_in = weight.shape
+    def __init__(self, raw: RawTensor, pool: kernels.ThreadPool | None = None) -> None:
+        self.raw = raw
+        self.qtype = raw.qtype
+        self.n_out, self.n_in = raw.shape
+        self.pool = pool
+        data = raw.data
+        if data.ctypes.data % (4 if raw.qtype == GGMLType.F32 else 2) or not data.flags.c_contiguous:
+            data = np.array(data, order="C")  # a fresh array is aligned
+        self.data = data  # (out, in) typed, or (out, row bytes) uint8 blocks
+
+    @property
+    def weight(self) -> np.ndarray:
+        """W as float32 (out, in): decoded on every access, for tools and tests."""
+        return np.asarray(self.raw.to_f32(), dtype=np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """x: (T, in) float32 -> (T, out) float32."""
-        return x @ self.weight.T
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) == 1:
+            return kernels.matvec(self.qtype, self.data, self.n_out, self.n_in, x[0], pool=self.pool)[None, :]
+        return kernels.matmul(self.qtype, self.data, self.n_out, self.n_in, x, pool=self.pool)
 
 
 def round_to(x: np.ndarray, qtype: GGMLType) -> np.ndarray:
@@ -67,9 +83,10 @@ class Embedding:
 class TensorSet:
     """Official-name tensors of one checkpoint, handed out with their shapes checked."""
 
-    def __init__(self, tensors: dict[str, RawTensor], path: str) -> None:
+    def __init__(self, tensors: dict[str, RawTensor], path: str, pool: kernels.ThreadPool | None = None) -> None:
         self.tensors = tensors
         self.path = path
+        self.pool = pool
 
     def has(self, name: str) -> bool:
         return name in self.tensors
@@ -90,10 +107,7 @@ class TensorSet:
         raw = self.raw(name)
         if raw.shape != (n_out, n_in):
             raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {[n_out, n_in]}")
-        weight = raw.to_f32()
-        if raw.qtype != GGMLType.F32:
-            weight = np.ascontiguousarray(weight)
-        return Linear(weight)
+        return Linear(raw, self.pool)
 
     def embedding(
         self, n_vocab: int, n_embd: int, eps: float, fold_dtype: GGMLType | None = None

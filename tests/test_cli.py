@@ -125,10 +125,62 @@ def test_tensor_with_a_contradicting_shape(tmp_path):
     assert_one_line_error(run_cli("generate", str(bad), "--prompt", "x"), "blocks.3.att.key.weight", "shape")
 
 
-def test_token_id_out_of_range():
-    # World ids for "Hello" are far beyond the tiny model's 256-entry vocabulary.
+def test_tokenizer_larger_than_the_vocabulary():
+    # World ids reach 65535, far beyond the tiny model's 256-entry vocabulary.
     proc = run_cli("generate", "--prompt", "Hello", "--tokenizer", "world")
-    assert_one_line_error(proc, "token id", "out of range", "256")
+    assert_one_line_error(proc, "world tokenizer", "65536", "256")
+    assert proc.stdout == ""
+
+
+def test_token_id_out_of_range_through_the_api():
+    import rwkv_edge
+    from rwkv_edge.tools.default_model import default_model_path
+
+    model = rwkv_edge.load(default_model_path())
+    with pytest.raises(ValueError, match="token id 300 is out of range for a vocabulary of 256"):
+        model.forward([5, 300])
+    with pytest.raises(ValueError, match="token id -1"):
+        model.forward([-1])
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "model.pth"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_cli("info", str(fifo)), "model.pth", "not a regular file")
+
+
+def test_wrong_rank_tensor(tmp_path):
+    sd = torch.load(fixture_path("reference", "tiny-7v0.pth"), weights_only=True)
+    sd["blocks.0.att.w1"] = torch.zeros(64, dtype=torch.float16)
+    bad = tmp_path / "rank.pth"
+    torch.save(sd, bad)
+    assert_one_line_error(run_cli("info", str(bad)), "rank.pth", "blocks.0.att.w1")
+
+
+def test_expanded_tensor_is_refused_not_materialised(tmp_path):
+    sd = torch.load(fixture_path("reference", "tiny-7v0.pth"), weights_only=True)
+    sd["emb.weight"] = torch.zeros(1, dtype=torch.float16).expand(2**20, 2**20)
+    bad = tmp_path / "expand.pth"
+    torch.save(sd, bad)
+    assert_one_line_error(run_cli("info", str(bad)), "expand.pth", "more than the file holds")
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "is-dir"])
+def test_convert_destination_problems_name_the_destination(tmp_path, where):
+    dst = tmp_path / "nodir" / "out.gguf" if where == "missing-dir" else tmp_path
+    proc = run_cli("convert", str(fixture_path("reference", "tiny-7v0.pth")), str(dst), "--type", "Q8_0")
+    assert_one_line_error(proc, str(dst))
+    assert ".tmp" not in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_converted_file_has_ordinary_permissions(tmp_path):
+    dst = tmp_path / "out.gguf"
+    proc = run_cli("convert", str(fixture_path("reference", "tiny-7v0.pth")), str(dst), "--type", "Q8_0")
+    assert proc.returncode == 0, proc.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_bad_sampling_arguments():

@@ -82,8 +82,9 @@ def test_q8_0_stays_close_to_f32(tmp_path, name, tokens):
     convert(src, tmp_path / "q8.gguf", GGMLType.Q8_0)
     want, _ = rwkv_edge.load(src).forward(tokens, all_logits=True)
     got, _ = rwkv_edge.load(tmp_path / "q8.gguf").forward(tokens, all_logits=True)
-    # Bound: 2% of the logits' spread (measured: at most 1.4%, on the fragile tiny v5 models).
-    assert np.abs(got - want).max() < 0.02 * want.std() * 10
+    # Bound: max error under 10% of the logits' spread. Measured (48 tokens): 4v0 2.5%, 5v1 7.1%, 5v2 4.7%,
+    # 6v0 2.1%, 7v0 2.1% (the byte-level v5 models are the most fragile); top-1 always agreed.
+    assert np.abs(got - want).max() < 0.10 * want.std()
     assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.95
 
 

@@ -63,10 +63,14 @@ def test_quantized_files_load_and_run(arch, fmt):
 
 
 def test_v6_q5_1_file_matches_the_official_reference():
-    """The v6 `.pth` fixture is the Q5_1 model's weights in bf16: the two must agree closely."""
+    """The v6 `.pth` fixture is the Q5_1 model's weights in bf16: the two must agree closely.
+
+    The kernels multiply Q5_1 weights by activations rounded to 8 bits per 32-value block (as ggml does):
+    2.6% of the logits' spread here, against 0.46% with exact float activations.
+    """
     ref = np.load(fixture_path("reference", "tiny-6v0.npz"))
     logits, _ = rwkv_edge.load(rwkvcpp_path("6v0", "Q5_1")).forward(ref["tokens"], all_logits=True)
-    assert np.abs(logits - ref["seq_logits"]).max() / ref["seq_logits"].std() < 1e-2
+    assert np.abs(logits - ref["seq_logits"]).max() / ref["seq_logits"].std() < 5e-2
     assert np.mean(logits.argmax(1) == ref["seq_logits"].argmax(1)) == 1.0
 
 

@@ -20,15 +20,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="world, neox, bytes, none, or a vocab .txt / tokenizer .json (default: by vocab size)")
     p.add_argument("--emb-type", default=None, help="type of the embedding (default: see docs/quantization.md)")
     p.add_argument("--head-type", default=None, help="type of the head (default: see docs/quantization.md)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it is drawn only on a terminal)")
 
 
 class ProgressBar:
+    """One self-overwriting line on stderr; `close` ends it, so an error message starts on a line of its own."""
+
     def __init__(self, stream=sys.stderr) -> None:
         self.stream = stream
         self.start = time.perf_counter()
+        self.drawn = False
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
 
     def __call__(self, done: int, total: int, name: str) -> None:
+        self.drawn = True
         width = 30
         filled = int(width * done / max(total, 1))
         self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {100 * done / max(total, 1):5.1f}% "
@@ -41,10 +50,13 @@ def run(args: argparse.Namespace) -> int:
     emb = parse_type(args.emb_type) if args.emb_type else None
     head = parse_type(args.head_type) if args.head_type else None
     start = time.perf_counter()
-    result = convert(args.src, args.dst, target, tokenizer=args.tokenizer, emb_type=emb, head_type=head,
-                     progress=None if args.quiet else ProgressBar())
-    if not args.quiet:
-        sys.stderr.write("\n")
+    bar = None if args.quiet or not sys.stderr.isatty() else ProgressBar()
+    try:
+        result = convert(args.src, args.dst, target, tokenizer=args.tokenizer, emb_type=emb, head_type=head,
+                         progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
     types = ", ".join(f"{k} x{v}" for k, v in sorted(result.types.items()))
     print(f"wrote {result.path}: RWKV-{result.spec.version}, {result.n_bytes:,} bytes, {types}; "
           f"{result.quantized_bits_per_weight:.2f} bits/weight in the matrices; "

@@ -13,7 +13,7 @@ HELP = "generate text from a prompt (without MODEL: the embedded tiny model)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="model file (.pth, rwkv.cpp .bin, .safetensors)")
+    p.add_argument("model", nargs="?", help="model file (.gguf, .pth, rwkv.cpp .bin, .safetensors)")
     p.add_argument("--prompt", "-p", required=True, help="the text to continue")
     p.add_argument("-n", "--max-tokens", type=int, default=100, help="tokens to generate (default 100)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
@@ -27,13 +27,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_tokens < 0:
         raise ValueError(f"-n must be >= 0, got {args.max_tokens}")
     model = load(args.model or default_model_path(), tokenizer=args.tokenizer)
-    out = sys.stdout
-    out.write(args.prompt)
-    out.flush()
-    for piece in generate(
+    stream = generate(
         model, args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
         top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-    ):
+    )
+    first = next(stream, "")  # a bad prompt fails here, before anything is printed
+    out = sys.stdout
+    out.write(args.prompt + first)
+    out.flush()
+    for piece in stream:
         out.write(piece)
         out.flush()
     out.write("\n")

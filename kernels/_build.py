@@ -1,0 +1,68 @@
+"""cffi build script (out-of-line API mode): compiles kernels/csrc into rwkv_edge.kernels._ext.
+
+setup.py runs it through `cffi_modules` at install time; `python kernels/_build.py` builds the
+extension in place, next to this file, for development.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import cffi
+
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+SOURCES = sorted(CSRC.glob("*.c"))
+# Baseline ISA everywhere (the *_avx2.c files enable AVX2 for themselves); no -ffast-math, and no
+# contraction into FMA, since the scalar and AVX2 paths must round exactly like the reference.
+COMPILE_ARGS = ["-O2", "-std=c11", "-ffp-contract=off"]
+
+
+def _cdef(header: Path) -> str:
+    """The header without preprocessor lines, which cffi's cdef cannot parse."""
+    lines = header.read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
+def make_builder(base: Path | None) -> cffi.FFI:
+    """The FFI builder, with source paths relative to `base` (what setuptools wants: it builds
+    from the project root) or absolute when `base` is None (cffi's own compile() changes
+    directory)."""
+
+    def path(p: Path) -> str:
+        return str(p) if base is None else os.path.relpath(p, base)
+
+    builder = cffi.FFI()
+    builder.cdef(_cdef(CSRC / "rke_kernels.h"))
+    builder.set_source(
+        "rwkv_edge.kernels._ext",
+        '#include "rke_kernels.h"',
+        sources=[path(p) for p in SOURCES],
+        include_dirs=[path(CSRC)],
+        extra_compile_args=COMPILE_ARGS,
+        libraries=["pthread"],
+        depends=[path(p) for p in sorted(CSRC.glob("*.h"))],
+    )
+    return builder
+
+
+ffibuilder = make_builder(Path.cwd())
+
+
+def build_in_place() -> Path:
+    """Compile into a temporary directory and copy the module next to this file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        built = Path(make_builder(None).compile(tmpdir=tmp, verbose=True))
+        for stale in HERE.glob("_ext.*"):  # e.g. pip install -e's _ext.abi3.so, which
+            stale.unlink()  # a freshly built _ext.cpython-*.so would otherwise shadow
+        target = HERE / built.name
+        shutil.copyfile(built, target)
+    return target
+
+
+if __name__ == "__main__":
+    print(build_in_place(), file=sys.stderr)

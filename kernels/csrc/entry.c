@@ -1,0 +1,124 @@
+/* The entry points Python calls: pick the kernel for (implementation, weight type), quantize the
+ * activations when the type needs it, and split the rows across the pool. */
+#include "rke_internal.h"
+
+typedef struct {
+    rke_matvec_fn matvec;
+    rke_matmul_fn matmul;
+    int64_t block_bytes; /* bytes per block of `block_elems` elements */
+    int64_t block_elems;
+} kernel_entry;
+
+#define ENTRY(t, isa, bytes, elems)                                                           \
+    (kernel_entry) { rke_matvec_##t##_##isa, rke_matmul_##t##_##isa, bytes, elems }
+
+#define ENTRIES(isa)                                                                          \
+    switch (qtype) {                                                                          \
+    case RKE_F32: *out = ENTRY(f32, isa, 4, 1); return 1;                                     \
+    case RKE_F16: *out = ENTRY(f16, isa, 2, 1); return 1;                                     \
+    case RKE_BF16: *out = ENTRY(bf16, isa, 2, 1); return 1;                                   \
+    case RKE_Q4_0: *out = ENTRY(q4_0, isa, 18, QK); return 1;                                 \
+    case RKE_Q4_1: *out = ENTRY(q4_1, isa, 20, QK); return 1;                                 \
+    case RKE_Q5_0: *out = ENTRY(q5_0, isa, 22, QK); return 1;                                 \
+    case RKE_Q5_1: *out = ENTRY(q5_1, isa, 24, QK); return 1;                                 \
+    case RKE_Q8_0: *out = ENTRY(q8_0, isa, 34, QK); return 1;                                 \
+    default: return 0;                                                                        \
+    }
+
+static int find_kernel(int impl, int qtype, kernel_entry *out) {
+    if (impl == RKE_IMPL_SCALAR) {
+        ENTRIES(scalar)
+    }
+#if RKE_X86
+    if (impl == RKE_IMPL_AVX2) {
+        ENTRIES(avx2)
+    }
+#endif
+    return 0;
+}
+
+static rke_quantize_fn find_quantizer(int impl) {
+#if RKE_X86
+    if (impl == RKE_IMPL_AVX2) return rke_quantize_q8x_avx2;
+#endif
+    return impl == RKE_IMPL_SCALAR ? rke_quantize_q8x_scalar : NULL;
+}
+
+/* Rows per chunk: a multiple of the 4-row tiles, about 4 chunks per thread so a thread that
+ * the OS delays is caught up by the others, and at least ~16 KiB of weights per chunk so the
+ * hand-over costs little. */
+static int64_t row_grain(const rke_pool *pool, int64_t n_rows, int64_t row_work_bytes) {
+    const int64_t per_thread = (n_rows + 4 * rke_pool_threads(pool) - 1) /
+                               (4 * rke_pool_threads(pool));
+    const int64_t min_rows = (16384 + row_work_bytes - 1) / row_work_bytes;
+    const int64_t rows = per_thread > min_rows ? per_thread : min_rows;
+    return (rows + 3) / 4 * 4;
+}
+
+typedef struct {
+    rke_quantize_fn quantize;
+    const float *x;
+    rke_block_q8x *xq;
+} quantize_ctx;
+
+static void quantize_task(const void *ctx, int64_t begin, int64_t end) {
+    const quantize_ctx *c = ctx;
+    c->quantize(c->x + begin * QK, c->xq + begin, end - begin);
+}
+
+typedef struct {
+    kernel_entry k;
+    const void *w;
+    const void *x;
+    float *y;
+    int64_t n_tokens, n_rows, n_cols;
+} matmul_ctx;
+
+static void matvec_task(const void *ctx, int64_t begin, int64_t end) {
+    const matmul_ctx *c = ctx;
+    c->k.matvec(c->w, c->x, c->y, c->n_cols, begin, end);
+}
+
+static void matmul_task(const void *ctx, int64_t begin, int64_t end) {
+    const matmul_ctx *c = ctx;
+    c->k.matmul(c->w, c->x, c->y, c->n_tokens, c->n_rows, c->n_cols, begin, end);
+}
+
+int rke_quantize_q8x(int impl, const float *x, rke_block_q8x *xq, int64_t n_blocks) {
+    const rke_quantize_fn quantize = find_quantizer(impl);
+    if (!quantize) return RKE_BAD_IMPL;
+    if (n_blocks < 0) return RKE_BAD_SIZE;
+    quantize(x, xq, n_blocks);
+    return RKE_OK;
+}
+
+static int run(rke_pool *pool, int impl, int qtype, const void *w, const float *x,
+               rke_block_q8x *xq, float *y, int64_t n_tokens, int64_t n_rows, int64_t n_cols,
+               rke_task_fn task) {
+    matmul_ctx c = {.w = w, .y = y, .n_tokens = n_tokens, .n_rows = n_rows, .n_cols = n_cols};
+    if (!find_kernel(impl, qtype, &c.k)) {
+        return rke_impl_compiled(impl) ? RKE_BAD_QTYPE : RKE_BAD_IMPL;
+    }
+    if (n_tokens < 1 || n_rows < 1 || n_cols < 1 || n_cols % c.k.block_elems) {
+        return RKE_BAD_SIZE;
+    }
+    c.x = x;
+    if (c.k.block_elems == QK) {
+        const quantize_ctx q = {find_quantizer(impl), x, xq};
+        rke_pool_run(pool, quantize_task, &q, n_tokens * (n_cols / QK), 512);
+        c.x = xq;
+    }
+    const int64_t row_bytes = n_cols / c.k.block_elems * c.k.block_bytes;
+    rke_pool_run(pool, task, &c, n_rows, row_grain(pool, n_rows, row_bytes * n_tokens));
+    return RKE_OK;
+}
+
+int rke_matvec(rke_pool *pool, int impl, int qtype, const void *w, const float *x,
+               rke_block_q8x *xq, float *y, int64_t n_rows, int64_t n_cols) {
+    return run(pool, impl, qtype, w, x, xq, y, 1, n_rows, n_cols, matvec_task);
+}
+
+int rke_matmul(rke_pool *pool, int impl, int qtype, const void *w, const float *x,
+               rke_block_q8x *xq, float *y, int64_t n_tokens, int64_t n_rows, int64_t n_cols) {
+    return run(pool, impl, qtype, w, x, xq, y, n_tokens, n_rows, n_cols, matmul_task);
+}

@@ -1,0 +1,216 @@
+/* y = W x and Y = X W^T for q4_0, q4_1, q5_0, q5_1 and q8_0 weights against q8x activations
+ * with AVX2, much as ggml does it: unpack a block to 32 bytes (one AND and one shift for the
+ * nibbles), multiply-add bytes to int16 pairs and int32 lanes (maddubs, with the sign trick for
+ * q8_0), then one float multiply and add per block. The lanes and their order are those
+ * of rke_internal.h, so the bits equal the scalar file's. */
+/* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
+ * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#include <immintrin.h>
+#endif
+
+#include "rke_avx2.h"
+
+#if RKE_X86
+
+enum { KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q8_0 };
+
+static inline int64_t block_bytes(const int kind) {
+    static const int64_t bytes[] = {18, 20, 22, 24, 34};
+    return bytes[kind];
+}
+
+static inline int has_min(const int kind) { return kind == KIND_Q4_1 || kind == KIND_Q5_1; }
+
+/* 16 bytes of nibbles -> 32 bytes in 0..15: element j is the low nibble of byte j and element
+ * j + 16 its high nibble, so the shifted copy is simply the upper half */
+static inline __m256i unpack_nibbles(const uint8_t *qs) {
+    const __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+/* the u32 qh -> 32 bytes, 0x10 where bit j of qh is set */
+static inline __m256i unpack_fifth_bits(const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, sizeof bits);
+    /* byte j takes qh byte j / 8 ... */
+    const __m256i spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    /* ... and keeps its bit j % 8 */
+    const __m256i select = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+}
+
+/* A block's 32 weight quants as bytes: unsigned q for the nibble types (q4_0 and q5_0 take
+ * their offset through `offset_pairs`), signed qs for q8_0. */
+static inline __m256i unpack(const int kind, const uint8_t *blk) {
+    switch (kind) {
+    case KIND_Q4_0: return unpack_nibbles(blk + 2);
+    case KIND_Q4_1: return unpack_nibbles(blk + 4);
+    case KIND_Q5_0: return _mm256_or_si256(unpack_nibbles(blk + 6), unpack_fifth_bits(blk + 2));
+    case KIND_Q5_1: return _mm256_or_si256(unpack_nibbles(blk + 8), unpack_fifth_bits(blk + 4));
+    default: return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    }
+}
+
+/* The int16 pairs offset * (x[2k] + x[2k+1]) that turn q4_0's q and q5_0's q into the signed
+ * q - 8 and q - 16: one per activation block, shared by all rows of a tile. */
+static inline __m256i offset_pairs(const int kind, __m256i x) {
+    if (kind == KIND_Q4_0) return _mm256_maddubs_epi16(_mm256_set1_epi8(8), x);
+    if (kind == KIND_Q5_0) return _mm256_maddubs_epi16(_mm256_set1_epi8(16), x);
+    return _mm256_setzero_si256();
+}
+
+/* int32 lane i = sum over elements 4i..4i+3 of w * x, as float (exact: |lane| < 2^17).
+ * maddubs multiplies unsigned by signed bytes: q8_0 passes |w| and x with w's sign (no int16
+ * pair saturates: |w| <= 128 and |x| <= 127); the nibble types pass q >= 0 as it is, then the
+ * _0 types subtract their offset pairs (|pair| <= 2 * 31 * 127, no overflow). */
+static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset) {
+    __m256i pairs;
+    if (kind == KIND_Q8_0) {
+        pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    } else if (has_min(kind)) {
+        pairs = _mm256_maddubs_epi16(w, x);
+    } else {
+        pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), offset);
+    }
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
+/* Outputs y[t * y_stride + r] for nr rows of blocks (stride row_bytes) and nt tokens of q8x
+ * blocks (stride nb). */
+static inline __attribute__((always_inline)) void tile(const int kind, const uint8_t *w,
+                                                       const rke_block_q8x *x, float *y,
+                                                       int64_t nb, int64_t row_bytes,
+                                                       int64_t y_stride, const int nr,
+                                                       const int nt) {
+    const int64_t bsize = block_bytes(kind);
+    __m256 acc[4][4];
+    float accm[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+            accm[r][t] = 0.0f;
+        }
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wq[4];
+        __m256 dw[4];
+        float mw[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *blk = w + r * row_bytes + b * bsize;
+            wq[r] = unpack(kind, blk);
+            dw[r] = broadcast_fp16(load_u16(blk));
+            if (has_min(kind)) mw[r] = _cvtsh_ss(load_u16(blk + 2));
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const rke_block_q8x *xb = x + t * nb + b;
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
+            const __m256i offset = offset_pairs(kind, xv);
+            const __m256 dx = _mm256_set1_ps(xb->d);
+            const float sdx = xb->d * (float)xb->s;
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const __m256 scale = _mm256_mul_ps(dw[r], dx);
+                const __m256 term = _mm256_mul_ps(lanes(kind, wq[r], xv, offset), scale);
+                acc[r][t] = _mm256_add_ps(acc[r][t], term);
+                if (has_min(kind)) accm[r][t] = accm[r][t] + mw[r] * sdx;
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            y[t * y_stride + r] = has_min(kind) ? hsum8(acc[r][t]) + accm[r][t] : hsum8(acc[r][t]);
+        }
+    }
+}
+
+/* decode: 4 rows share each activation block */
+static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
+                                                         const rke_block_q8x *x, float *y,
+                                                         int64_t n_cols, int64_t row_begin,
+                                                         int64_t row_end) {
+    const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
+    const uint8_t *wb = (const uint8_t *)w;
+    int64_t r = row_begin;
+    for (; r + 4 <= row_end; r += 4) {
+        tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, 4, 1);
+    }
+    for (; r < row_end; r++) tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, 1, 1);
+}
+
+/* prompts: 2 rows x 4 tokens per tile (the unpacked weights are reused 4 times, each
+ * activation block twice); tokens in blocks so their activations stay in cache across rows */
+#define TOKEN_BLOCK 64
+static inline __attribute__((always_inline)) void matmul(const int kind, const void *w,
+                                                         const rke_block_q8x *x, float *y,
+                                                         int64_t n_tokens, int64_t n_rows,
+                                                         int64_t n_cols, int64_t row_begin,
+                                                         int64_t row_end) {
+    const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
+    const uint8_t *wb = (const uint8_t *)w;
+    for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_BLOCK) {
+        const int64_t t1 = t0 + TOKEN_BLOCK < n_tokens ? t0 + TOKEN_BLOCK : n_tokens;
+        for (int64_t r = row_begin; r < row_end;) {
+            const uint8_t *wr = wb + r * row_bytes;
+            int64_t t = t0;
+            if (r + 2 <= row_end) {
+                for (; t + 4 <= t1; t += 4) {
+                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 2, 4);
+                }
+                for (; t < t1; t++) {
+                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 2, 1);
+                }
+                r += 2;
+            } else {
+                for (; t + 4 <= t1; t += 4) {
+                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 1, 4);
+                }
+                for (; t < t1; t++) {
+                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 1, 1);
+                }
+                r += 1;
+            }
+        }
+    }
+}
+
+#define QUANT_KERNELS(t, kind)                                                                \
+    void rke_matvec_##t##_avx2(const void *w, const void *x, float *y, int64_t n_cols,       \
+                               int64_t row_begin, int64_t row_end) {                          \
+        matvec(kind, w, (const rke_block_q8x *)x, y, n_cols, row_begin, row_end);             \
+    }                                                                                         \
+    void rke_matmul_##t##_avx2(const void *w, const void *x, float *y, int64_t n_tokens,     \
+                               int64_t n_rows, int64_t n_cols, int64_t row_begin,             \
+                               int64_t row_end) {                                             \
+        matmul(kind, w, (const rke_block_q8x *)x, y, n_tokens, n_rows, n_cols, row_begin,     \
+               row_end);                                                                      \
+    }
+
+QUANT_KERNELS(q4_0, KIND_Q4_0)
+QUANT_KERNELS(q4_1, KIND_Q4_1)
+QUANT_KERNELS(q5_0, KIND_Q5_0)
+QUANT_KERNELS(q5_1, KIND_Q5_1)
+QUANT_KERNELS(q8_0, KIND_Q8_0)
+
+#else
+typedef int rke_matmul_quant_avx2_is_empty_here;
+#endif
+
+#if defined(__clang__) && RKE_X86
+#pragma clang attribute pop
+#endif

@@ -1,0 +1,29 @@
+/* Small vector helpers shared by the *_avx2.c files, which include this after turning on AVX2,
+ * FMA and F16C for themselves and including <immintrin.h>. */
+#ifndef RKE_AVX2_H
+#define RKE_AVX2_H
+
+#include "rke_internal.h"
+
+#if RKE_X86
+
+/* The fixed tree of rke_hsum8: (a0 + a4), ..., then (t0 + t2) + (t1 + t3). */
+static inline float hsum8(__m256 acc) {
+    const __m128 t = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    const __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
+}
+
+/* fp16 bits -> 8 copies as float32 */
+static inline __m256 broadcast_fp16(uint16_t h) {
+    return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
+}
+
+static inline uint16_t load_u16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+#endif
+#endif

@@ -1,0 +1,109 @@
+/* Shared by the kernel files, never seen by cffi: block size checks, exact scalar fp16/bf16
+ * decoding, the 8-lane accumulation every implementation follows, and the per-ISA kernel table.
+ *
+ * The numerics (kernels/reference.py is the executable spec) are fixed so that every
+ * implementation returns the same bits:
+ *   float weights: lane i (0..7) accumulates columns c = i (mod 8) in column order,
+ *                  acc[i] = acc[i] + w[c] * x[c] in float32 (the product rounded, then the sum);
+ *   quantized:     per block b, lane i holds the exact int32 sum over elements 4i..4i+3 of
+ *                  wq * xq, then acc[i] = acc[i] + (float)lane * (dw * dx); for q4_1 / q5_1 a
+ *                  ninth accumulator takes accm = accm + mw * (dx * (float)s);
+ *   result:        the tree hsum8 below (+ accm).
+ * That is what AVX2 computes with one 8-float register per output, so AVX2 and scalar agree
+ * exactly (mul then add, never FMA: -ffp-contract=off).
+ */
+#ifndef RKE_INTERNAL_H
+#define RKE_INTERNAL_H
+#include <assert.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "rke_kernels.h"
+
+#define QK 32 /* elements per block of every quantized type */
+
+static_assert(sizeof(rke_block_q4_0) == 18, "q4_0 block must be ggml's 18 bytes");
+static_assert(sizeof(rke_block_q4_1) == 20, "q4_1 block must be ggml's 20 bytes");
+static_assert(sizeof(rke_block_q5_0) == 22, "q5_0 block must be ggml's 22 bytes");
+static_assert(sizeof(rke_block_q5_1) == 24, "q5_1 block must be ggml's 24 bytes");
+static_assert(sizeof(rke_block_q8_0) == 34, "q8_0 block must be ggml's 34 bytes");
+static_assert(sizeof(rke_block_q8x) == 40, "q8x block is d, s, qs[32]");
+
+#if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
+#define RKE_X86 1
+#else
+#define RKE_X86 0
+#endif
+
+static inline float rke_f32_from_bits(uint32_t bits) {
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* IEEE half -> float, exact (every half is a float), subnormals included; NaNs come out quiet
+ * as F16C makes them. */
+static inline float rke_fp16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1Fu;
+    const uint32_t mant = h & 0x3FFu;
+    if (exp == 0x1F) {
+        return rke_f32_from_bits(sign | 0x7F800000u | (mant << 13) | (mant ? 0x400000u : 0u));
+    }
+    if (exp == 0) {
+        /* mant * 2^-24 is exact in float32 */
+        const float f = (float)mant * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    return rke_f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+/* bf16 is the upper half of a float32. */
+static inline float rke_bf16_to_f32(uint16_t h) { return rke_f32_from_bits((uint32_t)h << 16); }
+
+/* The fixed reduction tree of the 8 lanes (the order _mm256 code gets with extract/movehl). */
+static inline float rke_hsum8(const float acc[8]) {
+    const float t0 = acc[0] + acc[4], t1 = acc[1] + acc[5];
+    const float t2 = acc[2] + acc[6], t3 = acc[3] + acc[7];
+    return (t0 + t2) + (t1 + t3);
+}
+
+/* Rows [row_begin, row_end) of y = W x. x is float (n_cols) for the float weight types and
+ * q8x blocks (n_cols / 32) for the quantized ones. */
+typedef void (*rke_matvec_fn)(const void *w, const void *x, float *y, int64_t n_cols,
+                              int64_t row_begin, int64_t row_end);
+/* Rows [row_begin, row_end) of Y (n_tokens, n_rows) = X (n_tokens, ...) @ W^T. */
+typedef void (*rke_matmul_fn)(const void *w, const void *x, float *y, int64_t n_tokens,
+                              int64_t n_rows, int64_t n_cols, int64_t row_begin,
+                              int64_t row_end);
+typedef void (*rke_quantize_fn)(const float *x, rke_block_q8x *xq, int64_t n_blocks);
+
+#define RKE_DECLARE_TYPE(t, isa)                                                              \
+    void rke_matvec_##t##_##isa(const void *w, const void *x, float *y, int64_t n_cols,      \
+                                int64_t row_begin, int64_t row_end);                          \
+    void rke_matmul_##t##_##isa(const void *w, const void *x, float *y, int64_t n_tokens,    \
+                                int64_t n_rows, int64_t n_cols, int64_t row_begin,            \
+                                int64_t row_end);
+#define RKE_DECLARE_ISA(isa)                                                                  \
+    RKE_DECLARE_TYPE(f32, isa)                                                                \
+    RKE_DECLARE_TYPE(f16, isa)                                                                \
+    RKE_DECLARE_TYPE(bf16, isa)                                                               \
+    RKE_DECLARE_TYPE(q4_0, isa)                                                               \
+    RKE_DECLARE_TYPE(q4_1, isa)                                                               \
+    RKE_DECLARE_TYPE(q5_0, isa)                                                               \
+    RKE_DECLARE_TYPE(q5_1, isa)                                                               \
+    RKE_DECLARE_TYPE(q8_0, isa)                                                               \
+    void rke_quantize_q8x_##isa(const float *x, rke_block_q8x *xq, int64_t n_blocks);
+
+RKE_DECLARE_ISA(scalar)
+#if RKE_X86
+RKE_DECLARE_ISA(avx2)
+#endif
+
+/* The pool runs task(ctx, begin, end) over [0, n_items) in chunks of `grain` items (the last
+ * chunk may be shorter); with pool == NULL the caller runs it all. Defined in pool.c. */
+typedef void (*rke_task_fn)(const void *ctx, int64_t begin, int64_t end);
+void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
+                  int64_t grain);
+
+#endif

@@ -1,0 +1,34 @@
+"""The weight types the kernels compute on: ggml's type ids and block geometry.
+
+The kernels import nothing from the rest of the package, so they keep their own copy of this small
+table; tests/test_kernels_dispatch.py checks it equals quant.ggml_types'.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from types import MappingProxyType
+
+
+class GGMLType(IntEnum):
+    F32 = 0
+    F16 = 1
+    Q4_0 = 2
+    Q4_1 = 3
+    Q5_0 = 6
+    Q5_1 = 7
+    Q8_0 = 8
+    BF16 = 30
+
+
+# type -> (elements per block, bytes per block), as ggml's GGML_QUANT_SIZES.
+BLOCK_SIZES = MappingProxyType({
+    GGMLType.F32: (1, 4),
+    GGMLType.F16: (1, 2),
+    GGMLType.BF16: (1, 2),
+    GGMLType.Q4_0: (32, 18),
+    GGMLType.Q4_1: (32, 20),
+    GGMLType.Q5_0: (32, 22),
+    GGMLType.Q5_1: (32, 24),
+    GGMLType.Q8_0: (32, 34),
+})
