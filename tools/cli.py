@@ -8,9 +8,9 @@ import traceback
 from collections.abc import Sequence
 
 from ..quant.errors import ModelFileError
-from . import convert, generate, info
+from . import convert, generate, info, perplexity
 
-COMMANDS = {"generate": generate, "convert": convert, "info": info}
+COMMANDS = {"generate": generate, "convert": convert, "info": info, "perplexity": perplexity}
 
 
 def build_parser() -> argparse.ArgumentParser:
