@@ -7,6 +7,7 @@ import json
 import os
 from collections import Counter
 
+from .. import kernels
 from ..quant.checkpoint import open_checkpoint
 from ..quant.ggml_types import tensor_nbytes
 from ..quant.gguf_layout import storage_type_of
@@ -56,6 +57,8 @@ def describe(path: str) -> dict[str, object]:
         "rescale_every": spec.rescale_every,
         "tokenizer": meta.get("rwkv_edge.tokenizer", meta.get("tokenizer.ggml.model")) if meta else None,
         "gguf_metadata": {k: v for k, v in meta.items() if not k.startswith("tokenizer.")},
+        "kernels": {"backend": kernels.backend, "features": sorted(kernels.features),
+                    "threads": kernels.default_threads()},
     }
 
 
@@ -85,4 +88,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"state         {d['state_bytes']:,} bytes per session")
     if d["tokenizer"]:
         print(f"tokenizer     {d['tokenizer']}")
+    k = d["kernels"]
+    print(f"kernels       {k['backend']} ({', '.join(k['features']) or 'no SIMD'}), {k['threads']} threads")
     return 0
