@@ -1,7 +1,7 @@
 """The weight types the kernels compute on: ggml's type ids and block geometry.
 
-The kernels import nothing from the rest of the package, so they keep their own copy of this small
-table; tests/test_kernels_dispatch.py checks it equals quant.ggml_types'.
+The kernels import nothing from the rest of the package, so the table lives here, in the lowest layer;
+quant.ggml_types re-exports it for the file formats.
 """
 
 from __future__ import annotations

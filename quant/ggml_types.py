@@ -1,39 +1,21 @@
 """ggml tensor types: ids, block geometry, and the RawTensor every reader returns.
 
 The ids are ggml's (and GGUF's); rwkv.cpp's own `.bin` type codes are mapped to them by its reader.
-This table is the only place where block geometry lives.
+The table itself is kernels/ggml_types.py, the only place where block geometry lives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
-
-class GGMLType(IntEnum):
-    F32 = 0
-    F16 = 1
-    Q4_0 = 2
-    Q4_1 = 3
-    Q5_0 = 6
-    Q5_1 = 7
-    Q8_0 = 8
-    BF16 = 30
+from ..kernels.ggml_types import BLOCK_SIZES, GGMLType
 
 
-# type -> (elements per block, bytes per block), as ggml's GGML_QUANT_SIZES.
-BLOCK_SIZES: dict[GGMLType, tuple[int, int]] = {
-    GGMLType.F32: (1, 4),
-    GGMLType.F16: (1, 2),
-    GGMLType.BF16: (1, 2),
-    GGMLType.Q4_0: (32, 18),
-    GGMLType.Q4_1: (32, 20),
-    GGMLType.Q5_0: (32, 22),
-    GGMLType.Q5_1: (32, 24),
-    GGMLType.Q8_0: (32, 34),
-}
+# The type ids and block table live with the kernels, the lowest layer (which imports nothing above it);
+# the file formats use the same ggml ids.
+__all__ = ["BLOCK_SIZES", "GGMLType", "RawTensor", "row_nbytes", "tensor_nbytes"]
 
 
 def row_nbytes(qtype: GGMLType, n_cols: int) -> int:

@@ -118,11 +118,3 @@ def test_thread_pool_rejects_bad_counts(n: object) -> None:
     with pytest.raises(ValueError, match="n_threads"):
         ThreadPool(n)  # type: ignore[arg-type]
 
-
-def test_kernels_type_table_equals_the_file_formats():
-    """kernels keeps its own copy of the ggml type table (it imports nothing else); it must not drift."""
-    from rwkv_edge.kernels import ggml_types as k
-    from rwkv_edge.quant import ggml_types as q
-
-    assert {t.name: int(t) for t in k.GGMLType} == {t.name: int(t) for t in q.GGMLType}
-    assert {t.name: v for t, v in k.BLOCK_SIZES.items()} == {t.name: v for t, v in q.BLOCK_SIZES.items()}
