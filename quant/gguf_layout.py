@@ -196,7 +196,9 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
             out[name] = raw
             return
         try:
-            out[name] = RawTensor.from_array(np.ascontiguousarray(transform(_f32(raw))))
+            # A view of the mapped data, transposed or reshaped: no copy at load (LoRA matrices are
+            # megabytes per layer), whatever layout the consumer then prefers.
+            out[name] = RawTensor.from_array(transform(_f32(raw)))
         except ValueError:
             raise ModelFileError(path, f"tensor for '{name}' has shape {list(raw.shape)}, which does not fit "
                                        f"head size {head_size}") from None

@@ -31,6 +31,7 @@ _SCALARS = {
     6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,28 @@ class _Cursor:
         except UnicodeDecodeError:
             raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
 
+    def strings(self, count: int, what: str) -> list[str]:
+        """`count` strings in a row: string() unrolled, since a vocabulary has 65,536 of them."""
+        mv, pos, end = self.mv, self.pos, len(self.buf)
+        length = _U64.unpack_from
+        out = []
+        try:
+            for _ in range(count):
+                if pos + 8 > end:
+                    break
+                n = length(mv, pos)[0]
+                pos += 8
+                if n > end - pos:
+                    break
+                out.append(str(mv[pos : pos + n], "utf-8"))
+                pos += n
+        except UnicodeDecodeError:
+            raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
+        self.pos = pos
+        if len(out) < count:
+            raise ModelFileError(self.path, f"file ends inside {what} (offset {pos}, {end} bytes)")
+        return out
+
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:
             return self.scalar(*_SCALARS[vtype], what)
@@ -99,7 +122,7 @@ class _Cursor:
             if item_type == _STRING:
                 # Each string takes at least its 8-byte length, so a bogus count fails here, not in a loop.
                 self.need(count * 8, what)
-                return [self.string(what) for _ in range(count)]
+                return self.strings(count, what)
             raise ModelFileError(self.path, f"{what}: unknown array item type {item_type}")
         raise ModelFileError(self.path, f"{what}: unknown value type {vtype}")
 

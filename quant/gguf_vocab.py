@@ -8,7 +8,9 @@ GPT-NeoX vocabularies carry Hugging Face's tokenizer.json whole. `rwkv_edge.toke
 
 from __future__ import annotations
 
+import re
 from importlib import resources
+from types import MappingProxyType
 from typing import Any
 
 from .vocab_file import parse_world_vocab
@@ -27,26 +29,22 @@ def escape_token(token: bytes) -> str:
 
 def unescape_token(text: str) -> bytes:
     """The inverse, as llama.cpp's llama_unescape_rwkv_token: \\t \\n \\r \\xNN, and \\c -> c otherwise."""
-    out = bytearray()
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n:
-            e = text[i + 1]
-            if e == "x" and i + 3 < n and _is_hex(text[i + 2 : i + 4]):
-                out.append(int(text[i + 2 : i + 4], 16))
-                i += 4
-                continue
-            out += {"t": b"\t", "n": b"\n", "r": b"\r"}.get(e, e.encode("utf-8"))
-            i += 2
-            continue
-        out += c.encode("utf-8")
-        i += 1
-    return bytes(out)
+    raw = text.encode("utf-8")
+    if b"\\" not in raw:
+        return raw
+    return _ESCAPE.sub(_unescape_one, raw)
 
 
-def _is_hex(s: str) -> bool:
-    return len(s) == 2 and all(ch in "0123456789abcdefABCDEF" for ch in s)
+# Working on the UTF-8 bytes is exact: an escaped multi-byte character keeps its continuation bytes.
+_ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_CONTROL = MappingProxyType({b"t": b"\t", b"n": b"\n", b"r": b"\r"})
+
+
+def _unescape_one(match: re.Match[bytes]) -> bytes:
+    e = match.group(1)
+    if len(e) == 3:
+        return bytes([int(e[1:], 16)])
+    return _CONTROL.get(e, e)
 
 
 def world_token_bytes() -> list[bytes]:

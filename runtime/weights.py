@@ -101,7 +101,7 @@ class TensorSet:
         raw = self.raw(name)
         if tuple(d for d in raw.shape if d != 1) != tuple(d for d in shape if d != 1):
             raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {list(shape)}")
-        return np.ascontiguousarray(raw.to_f32(), dtype=np.float32).reshape(shape)
+        return raw.to_f32().reshape(shape)  # a view of the mapped file when stored as F32, even if transposed
 
     def linear(self, name: str, n_out: int, n_in: int) -> Linear:
         raw = self.raw(name)
