@@ -6,8 +6,10 @@
 """
 
 from .quant.errors import ModelFileError
+from .runtime.generation import Completion, Generation
 from .runtime.model import Model, load
+from .runtime.prefix_cache import PrefixCache
 from .runtime.state import State
 
-__all__ = ["Model", "ModelFileError", "State", "load"]
+__all__ = ["Completion", "Generation", "Model", "ModelFileError", "PrefixCache", "State", "load"]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ import cffi
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = sorted(CSRC.glob("*.c"))
+HEADERS = ("rke_kernels.h", "rke_model.h")  # the public API cffi sees, in dependency order
 # Baseline ISA everywhere (the *_avx2.c files enable AVX2 for themselves); no -ffast-math, and no
 # contraction into FMA, since the scalar and AVX2 paths must round exactly like the reference.
 COMPILE_ARGS = ["-O2", "-std=c11", "-ffp-contract=off"]
@@ -37,10 +38,11 @@ def make_builder(base: Path | None) -> cffi.FFI:
         return str(p) if base is None else os.path.relpath(p, base)
 
     builder = cffi.FFI()
-    builder.cdef(_cdef(CSRC / "rke_kernels.h"))
+    for header in HEADERS:
+        builder.cdef(_cdef(CSRC / header))
     builder.set_source(
         "rwkv_edge.kernels._ext",
-        '#include "rke_kernels.h"',
+        "\n".join(f'#include "{header}"' for header in HEADERS),
         sources=[path(p) for p in SOURCES],
         include_dirs=[path(CSRC)],
         extra_compile_args=COMPILE_ARGS,

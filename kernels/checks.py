@@ -28,6 +28,7 @@ SUPPORTED = (
     GGMLType.Q5_0,
     GGMLType.Q5_1,
     GGMLType.Q8_0,
+    GGMLType.IQ4_NL,
 )
 
 

@@ -18,6 +18,7 @@ class GGMLType(IntEnum):
     Q5_0 = 6
     Q5_1 = 7
     Q8_0 = 8
+    IQ4_NL = 20
     BF16 = 30
 
 
@@ -31,4 +32,9 @@ BLOCK_SIZES = MappingProxyType({
     GGMLType.Q5_0: (32, 22),
     GGMLType.Q5_1: (32, 24),
     GGMLType.Q8_0: (32, 34),
+    GGMLType.IQ4_NL: (32, 18),
 })
+
+# IQ4_NL's 16 values (ggml's kvalues_iq4nl): code c of a block stands for d * IQ4_NL_VALUES[c]. Spaced
+# closer near zero, where trained weights cluster, than Q4_0's even grid.
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)

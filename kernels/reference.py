@@ -14,7 +14,8 @@ Then, for output y[t, r] (all float32, each operation rounded on its own, no FMA
                     acc_i += float(lane_i) * (dw_b * dx_b); q4_1 / q5_1 also
                     accm += mw_b * (dx_b * float(s_b))
     y = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))  [+ accm]
-wq is the signed weight quant: q - 8 (q4_0), q - 16 (q5_0), qs (q8_0); q itself for q4_1 / q5_1.
+wq is the signed weight quant: q - 8 (q4_0), q - 16 (q5_0), qs (q8_0), IQ4_NL_VALUES[q] (iq4_nl);
+q itself for q4_1 / q5_1.
 
 Tolerances. Between backends: none; avx2, scalar and numpy return the same bits for finite
 inputs (non-finite activations give defined, memory-safe, but meaningless results). Against the
@@ -32,11 +33,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ggml_types import BLOCK_SIZES, GGMLType
+from .ggml_types import BLOCK_SIZES, IQ4_NL_VALUES, GGMLType
 
 QK = 32  # elements per block of the quantized types and of q8x activations
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
-QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0)
+QUANT_TYPES = (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.IQ4_NL)
 
 # The C rke_block_q8x: float d, int32 s, int8 qs[32] (40 bytes, no padding).
 Q8X = np.dtype([("d", "<f4"), ("s", "<i4"), ("qs", "i1", (QK,))])
@@ -111,6 +112,8 @@ def weight_quants(
         return d, _fp16(blocks, 2), q.astype(np.int8)
     if qtype == GGMLType.Q8_0:
         return d, None, blocks[..., 2:34].view(np.int8)
+    if qtype == GGMLType.IQ4_NL:
+        return d, None, np.array(IQ4_NL_VALUES, np.int8)[_nibbles(blocks[..., 2:18])]
     raise ValueError(f"{qtype!r} is not a block-quantized type")
 
 

@@ -1,5 +1,6 @@
 """ggml's tensor types in numpy: dequantization (the reference the C kernels must match bit for bit)
-and quantization byte-identical to ggml's reference quantizers (quantize_row_*_ref).
+and quantization byte-identical to ggml's reference quantizers (quantize_row_*_ref); IQ4_NL, which
+ggml quantizes with a search of its own, gets ours (quant.codebooks).
 
 One class per block type, its quantizer beside its dequantizer. Each works on (n_blocks, 32) float32
 values and (n_blocks, type_size) uint8 blocks, with ggml's field names: `d` scale, `m` minimum,
@@ -15,7 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from .float_types import to_bf16, to_f16
-from .ggml_types import BLOCK_SIZES, GGMLType, row_nbytes, tensor_nbytes
+from .codebooks import CODEBOOKS, pack, search_scales
+from .ggml_types import BLOCK_SIZES, IQ4_NL_VALUES, GGMLType, row_nbytes, tensor_nbytes
 
 QK = 32  # elements per block of every legacy quant type
 
@@ -365,8 +367,31 @@ class Q8_0:
         return out
 
 
+class IQ4_NL:
+    """18 bytes: d (f16) | qs[16] (4-bit codes, packed as Q4_0). y[j] = d * IQ4_NL_VALUES[q[j]]."""
+
+    qtype = GGMLType.IQ4_NL
+
+    @staticmethod
+    def dequantize_blocks(blocks: np.ndarray) -> np.ndarray:
+        """(n_blocks, 18) uint8 -> (n_blocks, 32) float32."""
+        d = _f16_field(blocks, 0)  # (n_blocks, 1)
+        q = np.array(IQ4_NL_VALUES, dtype=np.float32)[_nibbles(blocks[:, 2:18])]  # (n_blocks, 32)
+        return q * d
+
+    @staticmethod
+    def quantize_blocks(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(n_blocks, 32) float32 -> (n_blocks, 18) uint8: per block the fp16 scale, among a few dozen
+        candidates, with the least squared error (llama.cpp's own IQ4_NL search gives other bytes)."""
+        x, out = _blocks_io(x, out, 18)
+        _require_finite(_block_reduce(np.maximum, np.abs(x)))
+        d, codes = search_scales(x, np.broadcast_to(np.float64(1), x.shape), CODEBOOKS[GGMLType.IQ4_NL])
+        out[...] = pack(GGMLType.IQ4_NL, d[None, :], codes.reshape(1, -1)).reshape(out.shape)
+        return out
+
+
 BLOCK_TYPES: Mapping[GGMLType, type[BlockType]] = MappingProxyType(
-    {t.qtype: t for t in (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)}
+    {t.qtype: t for t in (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL)}
 )
 
 

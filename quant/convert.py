@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from .spec import ModelSpec
 CONTEXT_LENGTH = 1048576  # RWKV has no context limit; llama.cpp's converters write this
 # general.file_type values (llama.cpp's LlamaFileType) for a file whose matrices are mostly this type.
 FILE_TYPES = {GGMLType.F32: 0, GGMLType.F16: 1, GGMLType.Q4_0: 2, GGMLType.Q4_1: 3, GGMLType.Q8_0: 7,
-              GGMLType.Q5_0: 8, GGMLType.Q5_1: 9, GGMLType.BF16: 32}
+              GGMLType.Q5_0: 8, GGMLType.Q5_1: 9, GGMLType.IQ4_NL: 25, GGMLType.BF16: 32}
 _FOLD_NAMES = {GGMLType.F16: "f16", GGMLType.BF16: "bf16"}
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, tensor name)
@@ -56,8 +56,7 @@ def convert(
     progress: Progress | None = None,
 ) -> ConvertResult:
     src, dst = os.fspath(src), os.fspath(dst)
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise ValueError(f"{dst}: refusing to overwrite the source file")
+    check_destination(src, dst)
     return convert_checkpoint(open_checkpoint(src), dst, target, tokenizer=tokenizer, emb_type=emb_type,
                               head_type=head_type, progress=progress)
 
@@ -71,14 +70,30 @@ def convert_checkpoint(
     emb_type: GGMLType | None = None,
     head_type: GGMLType | None = None,
     progress: Progress | None = None,
+    encoded: Mapping[str, tuple[GGMLType, np.ndarray]] | None = None,
 ) -> ConvertResult:
-    """Write an opened (or generated) checkpoint as GGUF; see `convert`."""
+    """Write an opened (or generated) checkpoint as GGUF; see `convert`.
+
+    `encoded`: tensors already quantized elsewhere (the calibrated mode), by official name: (type,
+    (rows, row_nbytes) uint8 blocks of the checkpoint's tensor). They replace the policy's choice.
+    """
     dst, src = os.fspath(dst), ckpt.path
-    tmp = _claim_temporary(dst)
     spec = ckpt.spec
     policy = Policy.for_type(target, emb_type, head_type)
-    plan = [(name, raw, policy.type_for(official, raw.shape), official)
-            for name, official, raw in to_gguf(ckpt.tensors, spec, src)]
+    encoded = dict(encoded or {})
+    plan = []
+    for name, official, raw in to_gguf(ckpt.tensors, spec, src):
+        qtype = policy.type_for(official, raw.shape)
+        if official in encoded and raw is ckpt.tensors.get(official):
+            qtype, data = encoded.pop(official)
+            if data.dtype != np.uint8 or data.nbytes != tensor_nbytes(qtype, raw.shape):
+                raise ValueError(f"{official}: {data.nbytes} bytes given, a {qtype.name} tensor of shape "
+                                 f"{raw.shape} has {tensor_nbytes(qtype, raw.shape)}")
+            raw = RawTensor(qtype, raw.shape, data.reshape(_rows(raw.shape), -1))
+        plan.append((name, raw, qtype, official))
+    if encoded:
+        raise ValueError(f"{next(iter(encoded))}: not a tensor stored unchanged in the GGUF layout")
+    tmp = _claim_temporary(dst)
     try:
         metadata = _metadata(ckpt, target, tokenizer)
         _write(tmp, ARCHITECTURES[spec.version], metadata, plan, progress)
@@ -97,6 +112,21 @@ def convert_checkpoint(
             q_bits += tensor_nbytes(qtype, raw.shape) * 8
             q_weights += n
     return ConvertResult(dst, spec, os.path.getsize(dst), types, q_bits / max(q_weights, 1))
+
+
+def check_destination(src: str, dst: str) -> None:
+    """Raise unless `dst` can take the output: named, not a directory, in an existing directory, not `src`.
+
+    (Checked again when writing starts; call it first when the conversion has a long computation before.)
+    """
+    if not dst:
+        raise ValueError("the output file name is empty")
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        raise ValueError(f"{dst}: refusing to overwrite the source file")
+    if os.path.isdir(dst):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", dst)
+    if not os.path.isdir(os.path.dirname(os.path.abspath(dst))):
+        raise FileNotFoundError(errno.ENOENT, "its directory does not exist", dst)
 
 
 def _claim_temporary(dst: str) -> str:

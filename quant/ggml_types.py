@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..kernels.ggml_types import BLOCK_SIZES, GGMLType
+from ..kernels.ggml_types import BLOCK_SIZES, IQ4_NL_VALUES, GGMLType
 
 
 # The type ids and block table live with the kernels, the lowest layer (which imports nothing above it);
 # the file formats use the same ggml ids.
-__all__ = ["BLOCK_SIZES", "GGMLType", "RawTensor", "row_nbytes", "tensor_nbytes"]
+__all__ = ["BLOCK_SIZES", "IQ4_NL_VALUES", "GGMLType", "RawTensor", "row_nbytes", "tensor_nbytes"]
 
 
 def row_nbytes(qtype: GGMLType, n_cols: int) -> int:

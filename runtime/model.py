@@ -7,19 +7,28 @@ branched by keeping the old state object.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..quant.checkpoint import Checkpoint, open_checkpoint
+from ..quant.errors import ModelFileError
 from ..quant.spec import ModelSpec
 from .. import kernels
-from . import rwkv4, rwkv5, rwkv6, rwkv7
+from ..kernels import dispatch
+from ..kernels.model_native import NativeModel
+from . import native_forward, rwkv4, rwkv5, rwkv6, rwkv7
 from .norms import layer_norm
+from .fingerprint import weights_fingerprint
 from .state import State
 from .tokenizer import Tokenizer, load_tokenizer, tokenizer_from_gguf, tokenizer_for_vocab
 from .weights import Embedding, Linear, TensorSet
+
+if TYPE_CHECKING:
+    from .generation import Completion, Generation
+    from .prefix_cache import PrefixCache
 
 # Long prompts run in chunks so activations stay (chunk, F) floats, however long the prompt.
 CHUNK_LEN = 256
@@ -45,8 +54,16 @@ class Model:
     """An RWKV model of any supported version, ready to run."""
 
     def __init__(
-        self, checkpoint: Checkpoint, tokenizer: Tokenizer | None = None, *, threads: int | None = None
+        self,
+        checkpoint: Checkpoint,
+        tokenizer: Tokenizer | None = None,
+        *,
+        threads: int | None = None,
+        native: bool | None = None,
     ) -> None:
+        """`native`: run each chunk of tokens as one C call (default: whenever the kernel backend is
+        C, i.e. not RWKV_EDGE_KERNELS=numpy; True with the numpy backend takes the best C one);
+        False runs the numpy layer math op by op."""
         spec = checkpoint.spec
         self.pool = kernels.ThreadPool(threads)  # joined when the model is garbage-collected
         ts = TensorSet(checkpoint.tensors, checkpoint.path, self.pool)
@@ -74,6 +91,17 @@ class Model:
         self.blocks = [
             Block(ln(f"blocks.{i}.ln1"), ln(f"blocks.{i}.ln2"), load_layer(ts, spec, i)) for i in range(spec.n_layer)
         ]
+        if native is None:
+            native = kernels.backend != "numpy"
+        backend = next((b for b in (kernels.backend, *dispatch.available()) if b != "numpy"), "numpy")
+        self.native: NativeModel | None = self.build_native(backend) if native else None
+
+    def build_native(self, backend: str) -> NativeModel:
+        """The C forward pass of this model for kernel backend `backend` ('avx2' or 'scalar')."""
+        try:
+            return native_forward.build(self.spec, self.emb, self.ln_out, self.head, self.blocks, backend, self.pool)
+        except ValueError as err:  # an array that does not fit its dims: the file contradicts itself
+            raise ModelFileError(self.path, str(err)) from None
 
     @classmethod
     def load(
@@ -83,12 +111,64 @@ class Model:
         group_norm_eps: float | None = None,
         tokenizer: str | None = None,
         threads: int | None = None,
+        native: bool | None = None,
     ) -> "Model":
         checkpoint = open_checkpoint(path, group_norm_eps=group_norm_eps)
-        return cls(checkpoint, load_tokenizer(tokenizer) if tokenizer else None, threads=threads)
+        return cls(checkpoint, load_tokenizer(tokenizer) if tokenizer else None, threads=threads, native=native)
 
     def new_state(self) -> State:
-        return State(self.spec)
+        return State(self.spec, fingerprint=self.fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex id of these weights (runtime/fingerprint.py): saved states name it, and load only here.
+
+        Computed once per checkpoint: a copy of the model with another checkpoint gets its own.
+        """
+        known = getattr(self, "_fingerprint", None)  # (checkpoint, fingerprint)
+        if known is None or known[0] is not self.checkpoint:
+            known = (self.checkpoint, weights_fingerprint(self.spec, self.checkpoint.tensors))
+            self._fingerprint = known
+        return known[1]
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int = 100,
+        temperature: float = 1.0,
+        top_p: float = 0.85,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        penalty_decay: float = 0.996,
+        logit_bias: Mapping[int, float] | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        state: State | None = None,
+        cache: PrefixCache | None = None,
+    ) -> Generation:
+        """Stream the continuation of `prompt` as text pieces; see runtime/generation.py and sampling.py."""
+        from .generation import generate
+
+        return generate(
+            self, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, penalty_decay=penalty_decay,
+            logit_bias=logit_bias, stop=stop, seed=seed, state=state, cache=cache,
+        )
+
+    def complete(self, prompt: str | Sequence[int], **options: Any) -> Completion:
+        """`generate` run to the end: a Completion (text, finish_reason, token counts, tokens, state)."""
+        from .generation import complete
+
+        return complete(self, prompt, **options)
+
+    def load_state_tuning(self, path: str | os.PathLike[str]) -> State:
+        """The initial state stored in a state-tuning file (`blocks.N.att.time_state`, .pth or .safetensors)."""
+        from .state_tuning import load_state_tuning
+
+        return load_state_tuning(path, self)
 
     def forward(
         self,
@@ -97,14 +177,21 @@ class Model:
         all_logits: bool = False,
         *,
         out: State | None = None,
+        logits_out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, State]:
         """Run tokens through the model from `state` (None: a fresh state).
 
         Returns (logits, new state): logits float32 (n_vocab,) for the last token, or (T, n_vocab) with
         all_logits. The new state is `out` when given (it may be `state` itself, to step in place);
-        otherwise a new State, and `state` is left unchanged.
+        otherwise a new State, and `state` is left unchanged. `logits_out`, a float32 array of the
+        logits' shape, receives them instead of a new array (so stepping allocates nothing).
         """
         ids = self._check_tokens(tokens)
+        if logits_out is not None:
+            shape = (len(ids), self.spec.n_vocab) if all_logits else (self.spec.n_vocab,)
+            if (not isinstance(logits_out, np.ndarray) or logits_out.dtype != np.float32 or logits_out.shape != shape
+                    or not logits_out.flags.c_contiguous or not logits_out.flags.writeable):
+                raise ValueError(f"logits_out must be a writable contiguous float32 array of shape {shape}")
         if state is not None and state.spec != self.spec:
             raise ValueError("the state belongs to a different model")
         if out is None:
@@ -113,12 +200,20 @@ class Model:
             out.copy_from(state)
         elif state is None:
             out.copy_from(self.new_state())
-        chunks = [ids[i : i + CHUNK_LEN] for i in range(0, len(ids), CHUNK_LEN)]
+        if logits_out is not None and np.may_share_memory(logits_out, out.buffer):
+            raise ValueError("logits_out must not overlap the state")
+        starts = range(0, len(ids), CHUNK_LEN)
         if all_logits:
-            return np.concatenate([self._forward_chunk(chunk, out, "all") for chunk in chunks]), out
-        for chunk in chunks[:-1]:
-            self._forward_chunk(chunk, out, "none")
-        return self._forward_chunk(chunks[-1], out, "last")[0], out
+            if logits_out is None:
+                logits_out = np.empty((len(ids), self.spec.n_vocab), np.float32)
+            for i in starts:
+                self._forward_chunk(ids[i : i + CHUNK_LEN], out, logits_out[i : i + CHUNK_LEN])
+            return logits_out, out
+        for i in starts[:-1]:
+            self._forward_chunk(ids[i : i + CHUNK_LEN], out, None)
+        last = np.empty(self.spec.n_vocab, np.float32) if logits_out is None else logits_out
+        self._forward_chunk(ids[starts[-1] :], out, last[None, :])
+        return last, out
 
     def _check_tokens(self, tokens: Sequence[int] | np.ndarray | int) -> np.ndarray:
         ids = np.atleast_1d(np.asarray(tokens))
@@ -131,8 +226,15 @@ class Model:
             raise ValueError(f"token id {int(bad[0])} is out of range for a vocabulary of {self.spec.n_vocab}")
         return ids.astype(np.int64)
 
-    def _forward_chunk(self, ids: np.ndarray, state: State, logits: str) -> np.ndarray:
-        """Advance `state` in place over ids (T,); logits of 'all' rows (T, V), the 'last' (1, V) or 'none'."""
+    def _forward_chunk(self, ids: np.ndarray, state: State, logits: np.ndarray | None) -> None:
+        """Advance `state` in place over ids (T,); write the logits of every token (logits (T, V)),
+        the last one (logits (1, V)) or none (None)."""
+        if self.native is not None:
+            if self.native.looks_up_embedding:
+                self.native.forward(state.buffer, tokens=ids, logits=logits)
+            else:
+                self.native.forward(state.buffer, x_in=self.emb(ids), logits=logits)
+            return
         spec = self.spec
         eps = spec.layer_norm_eps
         x = self.emb(ids)  # (T, C)
@@ -156,10 +258,9 @@ class Model:
                 x = x + rwkv4.channel_mix(lw.ffn, b, state.ffn_x_prev[i])
             if spec.rescale_every and (i + 1) % spec.rescale_every == 0:
                 x = x * np.float32(0.5)
-        if logits == "none":
-            return x[:0]
-        rows = x if logits == "all" else x[-1:]
-        return self.head(layer_norm(rows, *self.ln_out, eps))
+        if logits is not None:
+            rows = x[len(x) - len(logits) :]
+            logits[...] = self.head(layer_norm(rows, *self.ln_out, eps))
 
 
 def load(

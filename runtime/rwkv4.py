@@ -39,6 +39,14 @@ def load_channel_mix(ts: TensorSet, spec: ModelSpec, i: int, mix_is_mu: bool) ->
     )
 
 
+def native_channel_mix(cm: ChannelMixR) -> dict[str, object]:
+    """The rke_channel_mix fields (csrc/rke_model.h) of a layer's `ffn`."""
+    return {
+        "ffn.m_k": cm.m_k, "ffn.m_r": cm.m_r,
+        "ffn.key": cm.key.matrix, "ffn.value": cm.value.matrix, "ffn.receptance": cm.receptance.matrix,
+    }
+
+
 def channel_mix(cm: ChannelMixR, x: np.ndarray, x_prev: np.ndarray) -> np.ndarray:
     """x: (T, C) post-LN input; x_prev (C,) updated in place. Returns (T, C)."""
     xx = token_shift(x, x_prev)
@@ -103,3 +111,12 @@ def time_mix(
         bb[:] = e1 * bb + e2
         pp[:] = q
     return lw.output(r * y)
+
+
+def native_fields(lw: Layer4) -> dict[str, object]:
+    """The rke_rwkv4_layer fields (csrc/rke_model.h) but ln1/ln2."""
+    return {
+        "m_k": lw.m_k, "m_v": lw.m_v, "m_r": lw.m_r, "w": lw.w, "u": lw.u,
+        "key": lw.key.matrix, "value": lw.value.matrix, "receptance": lw.receptance.matrix,
+        "output": lw.output.matrix, **native_channel_mix(lw.ffn),
+    }

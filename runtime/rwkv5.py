@@ -13,7 +13,7 @@ import numpy as np
 from ..quant.spec import ModelSpec
 from .elementwise import silu, token_shift
 from .norms import group_norm
-from .rwkv4 import ChannelMixR, load_channel_mix
+from .rwkv4 import ChannelMixR, load_channel_mix, native_channel_mix
 from .weights import Linear, TensorSet
 
 
@@ -97,3 +97,14 @@ def time_mix(lw: Layer5, spec: ModelSpec, x: np.ndarray, x_prev: np.ndarray, S: 
     if lw.gate is not None:
         y = y * silu(lw.gate(x + xx * lw.m_g))
     return lw.output(y)
+
+
+def native_fields(lw: Layer5) -> dict[str, object]:
+    """The rke_rwkv5_layer fields (csrc/rke_model.h) but ln1/ln2; 5.0 has no m_g and gate."""
+    return {
+        "m_k": lw.m_k, "m_v": lw.m_v, "m_r": lw.m_r, "m_g": lw.m_g, "w": lw.w, "u": lw.u,
+        "ln_x_w": lw.ln_x_w, "ln_x_b": lw.ln_x_b,
+        "key": lw.key.matrix, "value": lw.value.matrix, "receptance": lw.receptance.matrix,
+        "gate": lw.gate.matrix if lw.gate is not None else None, "output": lw.output.matrix,
+        **native_channel_mix(lw.ffn),
+    }

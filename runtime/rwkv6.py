@@ -12,16 +12,16 @@ import numpy as np
 from ..quant.spec import ModelSpec
 from .elementwise import silu, token_shift
 from .norms import group_norm
-from .rwkv4 import ChannelMixR, load_channel_mix
+from .rwkv4 import ChannelMixR, load_channel_mix, native_channel_mix
 from .rwkv5 import wkv5
-from .weights import Linear, TensorSet
+from .weights import Linear, TensorSet, lora_matrix
 
 
 @dataclass(frozen=True)
 class Layer6:
     maa_x: np.ndarray  # (C,)
     maa_wkvrg: np.ndarray  # (5, C) base mixes in LoRA chunk order w, k, v, r, g
-    maa_w1: np.ndarray  # (C, 5 * D_mix)
+    maa_w1: np.ndarray  # (C, 5 * D_mix); LoRAs as TensorSet.lora lays them out
     maa_w2: np.ndarray  # (5, D_mix, C)
     decay: np.ndarray  # (C,) time_decay, raw
     decay_w1: np.ndarray  # (C, D_decay)
@@ -44,11 +44,11 @@ def load_layer(ts: TensorSet, spec: ModelSpec, i: int) -> Layer6:
     return Layer6(
         maa_x=ts.array(p + "time_maa_x", (C,)),
         maa_wkvrg=np.stack([ts.array(p + "time_maa_" + n, (C,)) for n in "wkvrg"]),
-        maa_w1=ts.array(p + "time_maa_w1", (C, 5 * D_mix)),
-        maa_w2=ts.array(p + "time_maa_w2", (5, D_mix, C)),
+        maa_w1=ts.lora(p + "time_maa_w1", (C, 5 * D_mix)),
+        maa_w2=ts.lora(p + "time_maa_w2", (5, D_mix, C)),
         decay=ts.array(p + "time_decay", (C,)),
-        decay_w1=ts.array(p + "time_decay_w1", (C, D_decay)),
-        decay_w2=ts.array(p + "time_decay_w2", (D_decay, C)),
+        decay_w1=ts.lora(p + "time_decay_w1", (C, D_decay)),
+        decay_w2=ts.lora(p + "time_decay_w2", (D_decay, C)),
         u=ts.array(p + "time_faaaa", (H, N)).reshape(C),
         key=ts.linear(p + "key.weight", C, C),
         value=ts.linear(p + "value.weight", C, C),
@@ -76,3 +76,15 @@ def time_mix(lw: Layer6, spec: ModelSpec, x: np.ndarray, x_prev: np.ndarray, S: 
     w = np.exp(-np.exp(lw.decay + np.tanh(xw @ lw.decay_w1) @ lw.decay_w2))  # (T, C)
     y = group_norm(wkv5(S, r, w, k, v, lw.u), spec.n_head, lw.ln_x_w, lw.ln_x_b, spec.group_norm_eps)
     return lw.output(y * g)
+
+
+def native_fields(lw: Layer6) -> dict[str, object]:
+    """The rke_rwkv6_layer fields (csrc/rke_model.h) but ln1/ln2."""
+    return {
+        "maa_x": lw.maa_x, "maa_wkvrg": lw.maa_wkvrg, "maa_w1": lora_matrix(lw.maa_w1),
+        "maa_w2": [lora_matrix(chunk) for chunk in lw.maa_w2],
+        "decay": lw.decay, "decay_w1": lora_matrix(lw.decay_w1), "decay_w2": lora_matrix(lw.decay_w2), "u": lw.u,
+        "ln_x_w": lw.ln_x_w, "ln_x_b": lw.ln_x_b,
+        "key": lw.key.matrix, "value": lw.value.matrix, "receptance": lw.receptance.matrix,
+        "gate": lw.gate.matrix, "output": lw.output.matrix, **native_channel_mix(lw.ffn),
+    }

@@ -13,7 +13,7 @@ import numpy as np
 from ..quant.spec import ModelSpec
 from .elementwise import relu_squared, sigmoid, token_shift
 from .norms import group_norm
-from .weights import Linear, TensorSet
+from .weights import Linear, TensorSet, lora_matrix
 
 # exp(-1/2), written as the reference writes it: w = exp(-0.606531 * sigmoid(w0 + lora)).
 DECAY_SCALE = np.float32(0.606531)
@@ -28,7 +28,7 @@ class Layer7:
     x_a: np.ndarray
     x_g: np.ndarray
     w0: np.ndarray  # (C,)
-    w1: np.ndarray  # (C, D_w)
+    w1: np.ndarray  # (C, D_w); LoRAs as TensorSet.lora lays them out
     w2: np.ndarray  # (D_w, C)
     a0: np.ndarray  # (C,)
     a1: np.ndarray  # (C, D_a)
@@ -59,15 +59,15 @@ def load_layer(ts: TensorSet, spec: ModelSpec, i: int) -> Layer7:
     has_v = i > 0
     return Layer7(
         **vec,
-        w1=ts.array(p + "w1", (C, r["w"])),
-        w2=ts.array(p + "w2", (r["w"], C)),
-        a1=ts.array(p + "a1", (C, r["a"])),
-        a2=ts.array(p + "a2", (r["a"], C)),
+        w1=ts.lora(p + "w1", (C, r["w"])),
+        w2=ts.lora(p + "w2", (r["w"], C)),
+        a1=ts.lora(p + "a1", (C, r["a"])),
+        a2=ts.lora(p + "a2", (r["a"], C)),
         v0=ts.array(p + "v0", (C,)) if has_v else None,
-        v1=ts.array(p + "v1", (C, r["v"])) if has_v else None,
-        v2=ts.array(p + "v2", (r["v"], C)) if has_v else None,
-        g1=ts.array(p + "g1", (C, r["g"])),
-        g2=ts.array(p + "g2", (r["g"], C)),
+        v1=ts.lora(p + "v1", (C, r["v"])) if has_v else None,
+        v2=ts.lora(p + "v2", (r["v"], C)) if has_v else None,
+        g1=ts.lora(p + "g1", (C, r["g"])),
+        g2=ts.lora(p + "g2", (r["g"], C)),
         r_k=ts.array(p + "r_k", (H, N)),
         receptance=ts.linear(p + "receptance.weight", C, C),
         key=ts.linear(p + "key.weight", C, C),
@@ -146,3 +146,17 @@ def channel_mix(lw: Layer7, x: np.ndarray, x_prev: np.ndarray) -> np.ndarray:
     """x: (T, C) post-LN input; x_prev (C,) updated in place. Returns (T, C)."""
     xx = token_shift(x, x_prev)
     return lw.ffn_value(relu_squared(lw.ffn_key(x + xx * lw.ffn_x_k)))
+
+
+def native_fields(lw: Layer7) -> dict[str, object]:
+    """The rke_rwkv7_layer fields (csrc/rke_model.h) but ln1/ln2; layer 0 has no v0/v1/v2."""
+    vectors = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a", "ln_x_w", "ln_x_b",
+               "ffn_x_k")
+    fields: dict[str, object] = {name: getattr(lw, name) for name in vectors}
+    for name in ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"):
+        lora = getattr(lw, name)
+        fields[name] = lora_matrix(lora) if lora is not None else None
+    fields["r_k"] = lw.r_k.reshape(-1)
+    for name in ("receptance", "key", "value", "output", "ffn_key", "ffn_value"):
+        fields[name] = getattr(lw, name).matrix
+    return fields

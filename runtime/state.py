@@ -7,13 +7,23 @@ Per layer the buffer holds, in order:
   v5..v7: wkv (H, N, N)            one matrix per head, indexed [value][key] for every version
 Storing v5/v6 matrices as [value][key] (the reference keeps them [key][value]) makes both the output and
 the update contiguous over the key index, the layout the C kernels want (docs/rwkv-math.md §8).
+
+`fingerprint` names the weights the state was made with (Model.fingerprint), so that a saved state can
+refuse to load into another model: `state.save(path)`, `State.load(path, model)` (runtime/state_file.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..quant.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from .model import Model
 
 # v4's running max starts very negative but finite, so that p - q never becomes -inf - (-inf).
 V4_PP_INIT = -1e30
@@ -22,8 +32,9 @@ V4_PP_INIT = -1e30
 class State:
     """A model's recurrent state. Fixed size; copy() to branch a conversation."""
 
-    def __init__(self, spec: ModelSpec, buffer: np.ndarray | None = None) -> None:
+    def __init__(self, spec: ModelSpec, buffer: np.ndarray | None = None, *, fingerprint: str | None = None) -> None:
         self.spec = spec
+        self.fingerprint = fingerprint  # the weights' Model.fingerprint; None for a state made from a bare spec
         per_layer = spec.state_floats_per_layer
         if buffer is None:
             buffer = np.zeros((spec.n_layer, per_layer), dtype=np.float32)
@@ -47,13 +58,51 @@ class State:
             self.wkv = self.buffer[:, 2 * C :].reshape(spec.n_layer, H, N, N)  # (L, H, N[value], N[key])
 
     def copy(self) -> "State":
-        return State(self.spec, self.buffer.copy())
+        return State(self.spec, self.buffer.copy(), fingerprint=self.fingerprint)
 
     def copy_from(self, other: "State") -> None:
         """Overwrite this state's contents with another state of the same model."""
         if other.spec != self.spec:
             raise ValueError("states belong to different models")
         np.copyto(self.buffer, other.buffer)
+        if other.fingerprint is not None:
+            self.fingerprint = other.fingerprint
+
+    def save(self, path: str | os.PathLike[str], model: "Model | None" = None) -> None:
+        """Write the state to a file (atomically) that `State.load` accepts only for the same model.
+
+        The model is identified by this state's fingerprint, or by `model` when given.
+        """
+        from .state_file import save_state
+
+        if model is not None and model.spec != self.spec:
+            raise ValueError("the state belongs to a different model")
+        fingerprint = model.fingerprint if model is not None else self.fingerprint
+        if fingerprint is None:
+            raise ValueError("this state does not know its model; make it with model.new_state() or "
+                             "model.forward(), or pass the model: state.save(path, model)")
+        save_state(self, path, fingerprint)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: "Model", *, check_weights: bool = True) -> "State":
+        """Read a state saved by `save`; ModelFileError if the file is damaged or for another model.
+
+        check_weights=False also accepts a state saved with other weights of the same shapes.
+        """
+        from .state_file import load_state
+
+        return load_state(path, model, check_weights=check_weights)
+
+    @classmethod
+    def from_tuning(cls, path: str | os.PathLike[str], model: "Model") -> "State":
+        """The initial state of a state-tuning file (`blocks.N.att.time_state` in a .pth or .safetensors)."""
+        from .state_tuning import load_state_tuning
+
+        return load_state_tuning(path, model)
+
+    def digest(self) -> str:
+        """A hash of the contents (hex), e.g. to key caches by initial state."""
+        return hashlib.blake2b(np.ascontiguousarray(self.buffer).data, digest_size=16).hexdigest()
 
     @property
     def nbytes(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
+from ..kernels.model_native import Matrix
 from ..quant.blocks import dequantize
 from ..quant.errors import ModelFileError
 from ..quant.ggml_types import GGMLType, RawTensor
@@ -33,6 +34,11 @@ class Linear:
         self.data = data  # (out, in) typed, or (out, row bytes) uint8 blocks
 
     @property
+    def matrix(self) -> Matrix:
+        """The stored matrix as the C forward pass takes it."""
+        return Matrix(int(self.qtype), self.data, self.n_out, self.n_in)
+
+    @property
     def weight(self) -> np.ndarray:
         """W as float32 (out, in): decoded on every access, for tools and tests."""
         return np.asarray(self.raw.to_f32(), dtype=np.float32)
@@ -43,6 +49,12 @@ class Linear:
         if len(x) == 1:
             return kernels.matvec(self.qtype, self.data, self.n_out, self.n_in, x[0], pool=self.pool)[None, :]
         return kernels.matmul(self.qtype, self.data, self.n_out, self.n_in, x, pool=self.pool)
+
+
+def lora_matrix(a: np.ndarray) -> Matrix:
+    """A LoRA matrix (in, out) float32 as the C forward pass takes it: its [out, in] transpose."""
+    t = a.T
+    return Matrix(int(GGMLType.F32), t, t.shape[0], t.shape[1])
 
 
 def round_to(x: np.ndarray, qtype: GGMLType) -> np.ndarray:
@@ -71,6 +83,14 @@ class Embedding:
         self.ln0 = ln0  # (C,), (C,) weight and bias
         self.eps = eps
         self.fold_dtype = fold_dtype
+
+    @property
+    def matrix(self) -> Matrix:
+        """The stored table as the C forward pass takes it (a view; never a copy of the table)."""
+        data = self.raw.data
+        if data.flags.c_contiguous:
+            data = data.reshape(self.n_vocab, -1)
+        return Matrix(int(self.raw.qtype), data, self.n_vocab, self.n_embd)
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         """tokens: (T,) int -> (T, C) float32, ln0 applied."""
@@ -101,7 +121,17 @@ class TensorSet:
         raw = self.raw(name)
         if tuple(d for d in raw.shape if d != 1) != tuple(d for d in shape if d != 1):
             raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {list(shape)}")
-        return raw.to_f32().reshape(shape)  # a view of the mapped file when stored as F32, even if transposed
+        a = raw.to_f32().reshape(shape)  # a view of the mapped file when stored as F32, even if transposed
+        return a if a.flags.aligned else a.copy()  # unpadded rwkv.cpp files: C needs aligned floats
+
+    def lora(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A LoRA matrix in its official (..., in, out) shape, stored so that its [out, in] transpose
+        (the last two axes swapped: the kernels' layout) is C-contiguous. GGUF files store LoRAs that
+        way, so this is a view of their map; other files' LoRAs get a transposed copy."""
+        t = np.swapaxes(self.array(name, shape), -1, -2)  # (..., out, in)
+        if not t.flags.c_contiguous:
+            t = np.ascontiguousarray(t)
+        return np.swapaxes(t, -1, -2)
 
     def linear(self, name: str, n_out: int, n_in: int) -> Linear:
         raw = self.raw(name)

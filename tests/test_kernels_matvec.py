@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 from rwkv_edge.kernels import ThreadPool, dispatch, reference
+from rwkv_edge.quant.blocks import quantize
 from rwkv_edge.quant.ggml_types import BLOCK_SIZES, GGMLType
 
 FLOAT_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.BF16]
-QUANT_TYPES = [GGMLType.Q8_0, GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0]
+QUANT_TYPES = [GGMLType.Q8_0, GGMLType.Q5_1, GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q4_0, GGMLType.IQ4_NL]
 ALL_TYPES = FLOAT_TYPES + QUANT_TYPES
 ROWS = [1, 3, 17, 33, 255]
 COLS = [32, 64, 96, 224, 4128]
@@ -90,8 +91,11 @@ def float_weights(
 def realistic_blocks(
     qtype: GGMLType, n_rows: int, n_cols: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """gguf-py's quantization of Gaussian rows with varied scales (what converters write)."""
+    """gguf-py's quantization of Gaussian rows with varied scales (what converters write); ours for
+    IQ4_NL, which gguf-py only decodes."""
     values = rng.standard_normal((n_rows, n_cols)) * rng.uniform(0.01, 3, (n_rows, 1))
+    if qtype == GGMLType.IQ4_NL:
+        return quantize(qtype, values.astype(np.float32))
     return gguf.quants.quantize(values.astype(np.float32), gguf.GGMLQuantizationType(int(qtype)))
 
 
@@ -251,6 +255,19 @@ def test_q8_0_extremes_by_hand() -> None:
         assert y[0] == -128 * 127 * 32
 
 
+def test_iq4_nl_extremes_by_hand() -> None:
+    # codes 0 (-127) in the first half and 15 (113) in the second, d = 1, against x = 127 (d_x = 1)
+    w = np.zeros(18, np.uint8)
+    w[0:2] = np.array([1.0], np.float16).view(np.uint8)
+    w[2:] = 0xF0  # low nibbles (elements 0..15) code 0, high nibbles (16..31) code 15
+    x = np.full(32, 127.0, np.float32)
+    for name in BACKENDS:
+        y = dispatch.load(name).matvec(GGMLType.IQ4_NL, w, 1, 32, x)
+        assert y[0] == 16 * (-127 * 127) + 16 * (113 * 127)
+        y = dispatch.load(name).matvec(GGMLType.IQ4_NL, w, 1, 32, -x)  # the sign trick's other side
+        assert y[0] == -(16 * (-127 * 127) + 16 * (113 * 127))
+
+
 def test_q4_1_by_hand() -> None:
     # d = 0.5, m = -2, q_j = j % 16 -> W_j = 0.5 * (j % 16) - 2; x = 1: y = sum(W) = -4 exactly
     w = np.zeros(20, np.uint8)
@@ -286,7 +303,7 @@ def test_matmul_equals_stacked_matvec(qtype: GGMLType, n_tokens: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "qtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.F16], ids=lambda t: t.name
+    "qtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.F16], ids=lambda t: t.name
 )
 @pytest.mark.parametrize("n_threads", [1, 2, 3, 5])
 def test_thread_pools_give_the_same_bits(qtype: GGMLType, n_threads: int) -> None:

@@ -8,9 +8,11 @@ import traceback
 from collections.abc import Sequence
 
 from ..quant.errors import ModelFileError
-from . import convert, generate, info, perplexity
+from . import bench, convert, generate, info, perplexity
+from . import chat, serve
 
-COMMANDS = {"generate": generate, "convert": convert, "info": info, "perplexity": perplexity}
+COMMANDS = {"generate": generate, "convert": convert, "info": info, "perplexity": perplexity, "bench": bench}
+COMMANDS.update({"chat": chat, "serve": serve})
 
 
 def build_parser() -> argparse.ArgumentParser:

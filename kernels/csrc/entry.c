@@ -22,6 +22,7 @@ typedef struct {
     case RKE_Q5_0: *out = ENTRY(q5_0, isa, 22, QK); return 1;                                 \
     case RKE_Q5_1: *out = ENTRY(q5_1, isa, 24, QK); return 1;                                 \
     case RKE_Q8_0: *out = ENTRY(q8_0, isa, 34, QK); return 1;                                 \
+    case RKE_IQ4_NL: *out = ENTRY(iq4_nl, isa, 18, QK); return 1;                             \
     default: return 0;                                                                        \
     }
 
@@ -121,4 +122,47 @@ int rke_matvec(rke_pool *pool, int impl, int qtype, const void *w, const float *
 int rke_matmul(rke_pool *pool, int impl, int qtype, const void *w, const float *x,
                rke_block_q8x *xq, float *y, int64_t n_tokens, int64_t n_rows, int64_t n_cols) {
     return run(pool, impl, qtype, w, x, xq, y, n_tokens, n_rows, n_cols, matmul_task);
+}
+
+/* rke_matvec_many: every job's rows cut into that job's chunks, all chunks one pool task */
+typedef struct {
+    const rke_matvec_job *jobs;
+    kernel_entry k[RKE_MANY_MAX];
+    const void *x[RKE_MANY_MAX];     /* x, or its q8x blocks */
+    int64_t grain[RKE_MANY_MAX];     /* rows per chunk */
+    int64_t first[RKE_MANY_MAX + 1]; /* the first chunk of each job */
+} many_ctx;
+
+static void many_task(const void *ctx, int64_t begin, int64_t end) {
+    const many_ctx *c = ctx;
+    int q = 0;
+    for (int64_t chunk = begin; chunk < end; chunk++) {
+        while (chunk >= c->first[q + 1]) q++;
+        const rke_matvec_job *j = &c->jobs[q];
+        const int64_t r0 = (chunk - c->first[q]) * c->grain[q];
+        const int64_t r1 = r0 + c->grain[q] < j->n_rows ? r0 + c->grain[q] : j->n_rows;
+        c->k[q].matvec(j->w, c->x[q], j->y, j->n_cols, r0, r1);
+    }
+}
+
+int rke_matvec_many(rke_pool *pool, int impl, const rke_matvec_job *jobs, int n_jobs) {
+    if (n_jobs < 1 || n_jobs > RKE_MANY_MAX) return RKE_BAD_SIZE;
+    many_ctx c = {.jobs = jobs};
+    for (int q = 0; q < n_jobs; q++) {
+        const rke_matvec_job *j = &jobs[q];
+        if (!find_kernel(impl, j->qtype, &c.k[q])) {
+            return rke_impl_compiled(impl) ? RKE_BAD_QTYPE : RKE_BAD_IMPL;
+        }
+        if (j->n_rows < 1 || j->n_cols < 1 || j->n_cols % c.k[q].block_elems) return RKE_BAD_SIZE;
+        c.x[q] = j->x;
+        if (c.k[q].block_elems == QK) { /* one row of activations: too little to hand out */
+            find_quantizer(impl)(j->x, j->xq, j->n_cols / QK);
+            c.x[q] = j->xq;
+        }
+        const int64_t row_bytes = j->n_cols / c.k[q].block_elems * c.k[q].block_bytes;
+        c.grain[q] = row_grain(pool, j->n_rows, row_bytes);
+        c.first[q + 1] = c.first[q] + (j->n_rows + c.grain[q] - 1) / c.grain[q];
+    }
+    rke_pool_run(pool, many_task, &c, c.first[n_jobs], 1);
+    return RKE_OK;
 }

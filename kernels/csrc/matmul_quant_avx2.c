@@ -1,7 +1,8 @@
-/* y = W x and Y = X W^T for q4_0, q4_1, q5_0, q5_1 and q8_0 weights against q8x activations
- * with AVX2, much as ggml does it: unpack a block to 32 bytes (one AND and one shift for the
- * nibbles), multiply-add bytes to int16 pairs and int32 lanes (maddubs, with the sign trick for
- * q8_0), then one float multiply and add per block. The lanes and their order are those
+/* y = W x and Y = X W^T for q4_0, q4_1, q5_0, q5_1, q8_0 and iq4_nl weights against q8x
+ * activations with AVX2, much as ggml does it: unpack a block to 32 bytes (one AND and one shift
+ * for the nibbles, then for iq4_nl one byte shuffle that looks the codes up in its 16-value
+ * codebook), multiply-add bytes to int16 pairs and int32 lanes (maddubs, with the sign trick for
+ * the signed q8_0 and iq4_nl bytes), then one float multiply and add per block. The lanes and their order are those
  * of rke_internal.h, so the bits equal the scalar file's. */
 /* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
  * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
@@ -18,12 +19,15 @@
 
 #if RKE_X86
 
-enum { KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q8_0 };
+enum { KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q8_0, KIND_IQ4_NL };
 
 static inline int64_t block_bytes(const int kind) {
-    static const int64_t bytes[] = {18, 20, 22, 24, 34};
+    static const int64_t bytes[] = {18, 20, 22, 24, 34, 18};
     return bytes[kind];
 }
+
+/* the weight bytes are signed (q8_0's qs, iq4_nl's codebook values), not unsigned quants */
+static inline int is_signed(const int kind) { return kind == KIND_Q8_0 || kind == KIND_IQ4_NL; }
 
 static inline int has_min(const int kind) { return kind == KIND_Q4_1 || kind == KIND_Q5_1; }
 
@@ -57,6 +61,12 @@ static inline __m256i unpack(const int kind, const uint8_t *blk) {
     case KIND_Q4_1: return unpack_nibbles(blk + 4);
     case KIND_Q5_0: return _mm256_or_si256(unpack_nibbles(blk + 6), unpack_fifth_bits(blk + 2));
     case KIND_Q5_1: return _mm256_or_si256(unpack_nibbles(blk + 8), unpack_fifth_bits(blk + 4));
+    case KIND_IQ4_NL: {
+        /* ggml's kvalues_iq4nl in both 128-bit halves: pshufb looks up within a half */
+        const __m256i values = _mm256_broadcastsi128_si256(_mm_setr_epi8(
+            -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113));
+        return _mm256_shuffle_epi8(values, unpack_nibbles(blk + 2));
+    }
     default: return _mm256_loadu_si256((const __m256i *)(blk + 2));
     }
 }
@@ -70,12 +80,12 @@ static inline __m256i offset_pairs(const int kind, __m256i x) {
 }
 
 /* int32 lane i = sum over elements 4i..4i+3 of w * x, as float (exact: |lane| < 2^17).
- * maddubs multiplies unsigned by signed bytes: q8_0 passes |w| and x with w's sign (no int16
- * pair saturates: |w| <= 128 and |x| <= 127); the nibble types pass q >= 0 as it is, then the
- * _0 types subtract their offset pairs (|pair| <= 2 * 31 * 127, no overflow). */
+ * maddubs multiplies unsigned by signed bytes: q8_0 and iq4_nl pass |w| and x with w's sign (no
+ * int16 pair saturates: |w| <= 128 and |x| <= 127); the nibble types pass q >= 0 as it is, then
+ * the _0 types subtract their offset pairs (|pair| <= 2 * 31 * 127, no overflow). */
 static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset) {
     __m256i pairs;
-    if (kind == KIND_Q8_0) {
+    if (is_signed(kind)) {
         pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
     } else if (has_min(kind)) {
         pairs = _mm256_maddubs_epi16(w, x);
@@ -206,6 +216,7 @@ QUANT_KERNELS(q4_1, KIND_Q4_1)
 QUANT_KERNELS(q5_0, KIND_Q5_0)
 QUANT_KERNELS(q5_1, KIND_Q5_1)
 QUANT_KERNELS(q8_0, KIND_Q8_0)
+QUANT_KERNELS(iq4_nl, KIND_IQ4_NL)
 
 #else
 typedef int rke_matmul_quant_avx2_is_empty_here;

@@ -1,9 +1,13 @@
-/* y = W x and Y = X W^T for q4_0, q4_1, q5_0, q5_1 and q8_0 weights against q8x activations,
+/* y = W x and Y = X W^T for q4_0, q4_1, q5_0, q5_1, q8_0 and iq4_nl weights against q8x activations,
  * portable C: exact int32 lane sums per block, then the float32 accumulation of rke_internal.h. */
 #include "rke_internal.h"
 
 /* Each unpack gives the block's 32 weight quants as the integers the dot product uses:
- * q - 8 (q4_0), q - 16 (q5_0), q (q4_1, q5_1: their minimum is a separate term), qs (q8_0). */
+ * q - 8 (q4_0), q - 16 (q5_0), q (q4_1, q5_1: their minimum is a separate term), qs (q8_0),
+ * the codebook value of q (iq4_nl). */
+
+static const int8_t IQ4_NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                         1,    13,   25,  38,  53,  69,  89,  113};
 
 static void unpack_nibbles(const uint8_t qs[16], int8_t q[32], int offset) {
     for (int j = 0; j < 16; j++) {
@@ -32,6 +36,12 @@ static void unpack_q5_1(const rke_block_q5_1 *b, int8_t q[32]) {
     unpack_five_bits(b->qh, b->qs, q, 0);
 }
 static void unpack_q8_0(const rke_block_q8_0 *b, int8_t q[32]) { memcpy(q, b->qs, 32); }
+static void unpack_iq4_nl(const rke_block_iq4_nl *b, int8_t q[32]) {
+    for (int j = 0; j < 16; j++) {
+        q[j] = IQ4_NL_VALUES[b->qs[j] & 0x0F];
+        q[j + 16] = IQ4_NL_VALUES[b->qs[j] >> 4];
+    }
+}
 
 /* acc[i] += lane i of one block: the exact sum over elements 4i..4i+3, times the block scale */
 static void accumulate_block(float acc[8], const int8_t wq[32], const int8_t xq[32],
@@ -63,12 +73,14 @@ static float dot_min_q5_1(const rke_block_q5_1 *b) { return rke_fp16_to_f32(b->m
 #define dot_min_q4_0(b) 0.0f
 #define dot_min_q5_0(b) 0.0f
 #define dot_min_q8_0(b) 0.0f
+#define dot_min_iq4_nl(b) 0.0f
 
 DOT_QUANT(q4_0, 0)
 DOT_QUANT(q4_1, 1)
 DOT_QUANT(q5_0, 0)
 DOT_QUANT(q5_1, 1)
 DOT_QUANT(q8_0, 0)
+DOT_QUANT(iq4_nl, 0)
 
 #define MATMUL_QUANT(t)                                                                       \
     void rke_matvec_##t##_scalar(const void *w, const void *x, float *y, int64_t n_cols,     \
@@ -97,3 +109,4 @@ MATMUL_QUANT(q4_1)
 MATMUL_QUANT(q5_0)
 MATMUL_QUANT(q5_1)
 MATMUL_QUANT(q8_0)
+MATMUL_QUANT(iq4_nl)

@@ -27,6 +27,7 @@ static_assert(sizeof(rke_block_q4_1) == 20, "q4_1 block must be ggml's 20 bytes"
 static_assert(sizeof(rke_block_q5_0) == 22, "q5_0 block must be ggml's 22 bytes");
 static_assert(sizeof(rke_block_q5_1) == 24, "q5_1 block must be ggml's 24 bytes");
 static_assert(sizeof(rke_block_q8_0) == 34, "q8_0 block must be ggml's 34 bytes");
+static_assert(sizeof(rke_block_iq4_nl) == 18, "iq4_nl block must be ggml's 18 bytes");
 static_assert(sizeof(rke_block_q8x) == 40, "q8x block is d, s, qs[32]");
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -93,12 +94,27 @@ typedef void (*rke_quantize_fn)(const float *x, rke_block_q8x *xq, int64_t n_blo
     RKE_DECLARE_TYPE(q5_0, isa)                                                               \
     RKE_DECLARE_TYPE(q5_1, isa)                                                               \
     RKE_DECLARE_TYPE(q8_0, isa)                                                               \
+    RKE_DECLARE_TYPE(iq4_nl, isa)                                                             \
     void rke_quantize_q8x_##isa(const float *x, rke_block_q8x *xq, int64_t n_blocks);
 
 RKE_DECLARE_ISA(scalar)
 #if RKE_X86
 RKE_DECLARE_ISA(avx2)
 #endif
+
+/* Several independent y = W x as one pool task (fewer hand-overs than one rke_matvec each, and
+ * no thread idles at the end of a small matrix); each y is rke_matvec's, bit for bit. xq is the
+ * job's own scratch of n_cols / 32 blocks (quantized types). Defined in entry.c. */
+#define RKE_MANY_MAX 8
+typedef struct {
+    int qtype;
+    const void *w;
+    const float *x;
+    rke_block_q8x *xq;
+    float *y;
+    int64_t n_rows, n_cols;
+} rke_matvec_job;
+int rke_matvec_many(rke_pool *pool, int impl, const rke_matvec_job *jobs, int n_jobs);
 
 /* The pool runs task(ctx, begin, end) over [0, n_items) in chunks of `grain` items (the last
  * chunk may be shorter); with pool == NULL the caller runs it all. Defined in pool.c. */

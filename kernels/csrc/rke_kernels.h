@@ -16,6 +16,9 @@ typedef struct { uint16_t d; uint16_t m; uint8_t qs[16]; } rke_block_q4_1;
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } rke_block_q5_0;
 typedef struct { uint16_t d; uint16_t m; uint8_t qh[4]; uint8_t qs[16]; } rke_block_q5_1;
 typedef struct { uint16_t d; int8_t qs[32]; } rke_block_q8_0;
+/* iq4_nl: element j is d * kvalues[code j], codes packed as q4_0's; kvalues is ggml's kvalues_iq4nl
+ * {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}. */
+typedef struct { uint16_t d; uint8_t qs[16]; } rke_block_iq4_nl;
 
 /* "Q8 activations": 32 activations as d * qs[j], with d a float32 (not fp16: no second rounding)
  * and s = sum of qs (for the m terms of q4_1 / q5_1). qs is always in -127..127. */
@@ -24,7 +27,7 @@ typedef struct { float d; int32_t s; int8_t qs[32]; } rke_block_q8x;
 /* ggml type ids (GGUF's), the qtype argument. */
 enum rke_qtype {
     RKE_F32 = 0, RKE_F16 = 1, RKE_Q4_0 = 2, RKE_Q4_1 = 3, RKE_Q5_0 = 6, RKE_Q5_1 = 7,
-    RKE_Q8_0 = 8, RKE_BF16 = 30
+    RKE_Q8_0 = 8, RKE_IQ4_NL = 20, RKE_BF16 = 30
 };
 
 /* Implementations: the same numerics, bit for bit (see kernels/reference.py). */
@@ -57,5 +60,10 @@ int rke_matvec(rke_pool *pool, int impl, int qtype, const void *w, const float *
  * n_tokens * n_cols / 32 blocks. Row t of Y equals rke_matvec of row t of X, bit for bit. */
 int rke_matmul(rke_pool *pool, int impl, int qtype, const void *w, const float *x,
                rke_block_q8x *xq, float *y, int64_t n_tokens, int64_t n_rows, int64_t n_cols);
+
+/* Memory-bandwidth probe (bandwidth.c): *sum = the sum mod 2^64 of n_words words, every word
+ * loaded once by the pool's threads. pool may be NULL. */
+int rke_read_sum(rke_pool *pool, int impl, const uint64_t *words, int64_t n_words,
+                 uint64_t *sum);
 
 #endif

@@ -1,0 +1,133 @@
+/* The model's small vector operations with AVX2: the same bits as ops_scalar.c (lane i % 8 of
+ * one 8-float register per reduction, separate multiply and add). Tails shorter than 8 go
+ * through the register spilled to memory, element j into lane j % 8, as the scalar code does. */
+/* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
+ * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
+#include <immintrin.h>
+#endif
+
+#include "rke_avx2.h"
+#include "rke_model_internal.h"
+
+#if RKE_X86
+
+/* acc's lanes plus the products a[j] * b[j] of the tail j in [j, n) */
+static inline float finish(__m256 acc, const float *a, const float *b, int64_t j, int64_t n) {
+    if (j == n) return hsum8(acc);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, acc);
+    for (; j < n; j++) lanes[j & 7] = lanes[j & 7] + a[j] * b[j];
+    return rke_hsum8(lanes);
+}
+
+static float dot_avx2(const float *a, const float *b, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    }
+    return finish(acc, a, b, i, n);
+}
+
+static void wkv5_avx2(float *S, const float *r, const float *k, const float *v, const float *w,
+                      const float *u, float *y, int64_t T, int64_t N, int64_t stride,
+                      int64_t w_stride) {
+    const int64_t NV = N / 8 * 8;
+    for (int64_t t = 0; t < T; t++) {
+        const float *rt = r + t * stride, *kt = k + t * stride, *vt = v + t * stride;
+        const float *wt = w + t * w_stride;
+        __m256 bacc = _mm256_setzero_ps();
+        for (int64_t j = 0; j < NV; j += 8) {
+            const __m256 ru = _mm256_mul_ps(_mm256_loadu_ps(rt + j), _mm256_loadu_ps(u + j));
+            bacc = _mm256_add_ps(bacc, _mm256_mul_ps(ru, _mm256_loadu_ps(kt + j)));
+        }
+        float bonus;
+        if (NV == N) {
+            bonus = hsum8(bacc);
+        } else {
+            float lanes[8];
+            _mm256_storeu_ps(lanes, bacc);
+            for (int64_t j = NV; j < N; j++) lanes[j & 7] = lanes[j & 7] + (rt[j] * u[j]) * kt[j];
+            bonus = rke_hsum8(lanes);
+        }
+        for (int64_t i = 0; i < N; i++) {
+            float *Si = S + i * N;
+            const float vi = vt[i];
+            const __m256 vv = _mm256_set1_ps(vi);
+            __m256 acc = _mm256_setzero_ps();
+            int64_t j = 0;
+            for (; j < NV; j += 8) {
+                const __m256 s = _mm256_loadu_ps(Si + j);
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_loadu_ps(rt + j)));
+                const __m256 kv = _mm256_mul_ps(vv, _mm256_loadu_ps(kt + j));
+                _mm256_storeu_ps(Si + j, _mm256_add_ps(_mm256_mul_ps(s, _mm256_loadu_ps(wt + j)), kv));
+            }
+            float yi;
+            if (j == N) {
+                yi = hsum8(acc);
+            } else {
+                float lanes[8];
+                _mm256_storeu_ps(lanes, acc);
+                for (; j < N; j++) {
+                    lanes[j & 7] = lanes[j & 7] + Si[j] * rt[j];
+                    Si[j] = Si[j] * wt[j] + vi * kt[j];
+                }
+                yi = rke_hsum8(lanes);
+            }
+            y[t * stride + i] = yi + bonus * vi;
+        }
+    }
+}
+
+static void wkv7_avx2(float *S, const float *r, const float *w, const float *k, const float *v,
+                      const float *kk, const float *b, float *y, int64_t T, int64_t N,
+                      int64_t stride) {
+    const int64_t NV = N / 8 * 8;
+    for (int64_t t = 0; t < T; t++) {
+        const float *rt = r + t * stride, *wt = w + t * stride, *kt = k + t * stride;
+        const float *kkt = kk + t * stride, *bt = b + t * stride;
+        const float *vt = v + t * stride;
+        for (int64_t i = 0; i < N; i++) {
+            float *Si = S + i * N;
+            const float sa = -dot_avx2(Si, kkt, N);
+            const float vi = vt[i];
+            const __m256 sav = _mm256_set1_ps(sa), vv = _mm256_set1_ps(vi);
+            __m256 acc = _mm256_setzero_ps();
+            int64_t j = 0;
+            for (; j < NV; j += 8) {
+                const __m256 sb = _mm256_mul_ps(sav, _mm256_loadu_ps(bt + j));
+                const __m256 vk = _mm256_mul_ps(vv, _mm256_loadu_ps(kt + j));
+                const __m256 sw = _mm256_mul_ps(_mm256_loadu_ps(Si + j), _mm256_loadu_ps(wt + j));
+                const __m256 s = _mm256_add_ps(sw, _mm256_add_ps(sb, vk));
+                _mm256_storeu_ps(Si + j, s);
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_loadu_ps(rt + j)));
+            }
+            float yi;
+            if (j == N) {
+                yi = hsum8(acc);
+            } else {
+                float lanes[8];
+                _mm256_storeu_ps(lanes, acc);
+                for (; j < N; j++) {
+                    Si[j] = Si[j] * wt[j] + (sa * bt[j] + vi * kt[j]);
+                    lanes[j & 7] = lanes[j & 7] + Si[j] * rt[j];
+                }
+                yi = rke_hsum8(lanes);
+            }
+            y[t * stride + i] = yi;
+        }
+    }
+}
+
+const rke_ops rke_ops_avx2 = {
+    .wkv5 = wkv5_avx2,
+    .wkv7 = wkv7_avx2,
+};
+
+#endif

@@ -1,0 +1,203 @@
+/* RWKV-7 layers for T tokens in C: runtime/rwkv7.py's time_mix and channel_mix, same names and
+ * the same order of operations per element (docs/rwkv-math.md §7). */
+#include "rke_model_internal.h"
+
+/* exp(-1/2) as the reference writes it: w = exp(-0.606531 * sigmoid(w0 + lora)) */
+#define DECAY_SCALE 0.606531f
+
+/* (T, C) buffers of one layer: xn the LayerNorm output, then the mixes xr..xg as the reference
+ * names them; the LoRA inputs are reused for their outputs once read */
+typedef struct {
+    float *xn, *xr, *xw, *xk, *xv, *xa, *xg, *r, *k, *v, *y;
+    float *hw, *ha, *hv, *hg; /* (T, D_*) LoRA hidden */
+    float *h;                 /* (T, F) ChannelMix hidden */
+} buffers7;
+
+static void layout(rke_arena *a, const rke_model *m, int64_t T, buffers7 *b) {
+    const int64_t TC = T * m->n_embd;
+    float **tc[] = {&b->xn, &b->xr, &b->xw, &b->xk, &b->xv, &b->xa,
+                    &b->xg, &b->r,  &b->k,  &b->v,  &b->y};
+    for (size_t q = 0; q < sizeof tc / sizeof tc[0]; q++) *tc[q] = rke_take(a, TC);
+    b->hw = rke_take(a, T * m->lora[0]);
+    b->ha = rke_take(a, T * m->lora[1]);
+    b->hv = rke_take(a, T * m->lora[2]);
+    b->hg = rke_take(a, T * m->lora[3]);
+    b->h = rke_take(a, T * m->n_ffn);
+}
+
+int64_t rke_rwkv7_scratch(const rke_model *m, int64_t T) {
+    rke_arena a = {NULL, 0};
+    buffers7 b;
+    rke_take(&a, T * m->n_embd); /* v_first */
+    layout(&a, m, T, &b);
+    return a.used;
+}
+
+typedef struct {
+    const rke_run *run;
+    float *S; /* (H, N, N) */
+    const float *r, *w, *k, *v, *kk, *b;
+    float *y;
+} wkv_ctx;
+
+static void wkv_head(const void *ctx, int64_t h) {
+    const wkv_ctx *c = ctx;
+    const int64_t N = c->run->m->head_size, C = c->run->m->n_embd, o = h * N;
+    c->run->ops->wkv7(c->S + h * N * N, c->r + o, c->w + o, c->k + o, c->v + o, c->kk + o,
+                      c->b + o, c->y + o, c->run->T, N, C);
+}
+
+/* One layer's TimeMix: the per-token stages run over the chunk's tokens in parallel */
+typedef struct {
+    const rke_run *run;
+    const rke_rwkv7_layer *L;
+    const buffers7 *B;
+    const float *x_prev; /* (C) the state's previous input, for token 0 */
+    float *v_first;      /* (T, C) */
+    int first_layer;
+} tm_ctx;
+
+/* the six token-shift mixes of token t (LN1 of every token is done) */
+static void mix_token(const void *ctx, int64_t t) {
+    const tm_ctx *c = ctx;
+    const rke_rwkv7_layer *L = c->L;
+    const buffers7 *B = c->B;
+    const int64_t C = c->run->m->n_embd, o = t * C;
+    const float *prev = rke_prev_row(c->x_prev, B->xn, t, C), *a = B->xn + o;
+    for (int64_t i = 0; i < C; i++) {
+        const float xx = prev[i] - a[i];
+        B->xr[o + i] = a[i] + xx * L->x_r[i];
+        B->xw[o + i] = a[i] + xx * L->x_w[i];
+        B->xk[o + i] = a[i] + xx * L->x_k[i];
+        B->xv[o + i] = a[i] + xx * L->x_v[i];
+        B->xa[o + i] = a[i] + xx * L->x_a[i];
+        B->xg[o + i] = a[i] + xx * L->x_g[i];
+    }
+}
+
+/* token t's decay w, in-context rate alpha, value residual, removal key kk and b = kk * alpha,
+ * and its scaled key k, from the projections and LoRA outputs */
+static void prepare_token(const void *ctx, int64_t t) {
+    const tm_ctx *c = ctx;
+    const rke_rwkv7_layer *L = c->L;
+    const buffers7 *B = c->B;
+    const int64_t C = c->run->m->n_embd, N = c->run->m->head_size, o = t * C;
+    float *w = B->xw + o, *alpha = B->xa + o, *kk = B->xk + o, *b = B->xr + o;
+    float *k = B->k + o, *v = B->v + o, *v_first = c->v_first + o;
+    const float *v_lora = B->xv + o;
+    for (int64_t i = 0; i < C; i++) {
+        w[i] = expf(-DECAY_SCALE * rke_sigmoid(L->w0[i] + w[i]));
+        alpha[i] = rke_sigmoid(L->a0[i] + alpha[i]);
+        if (c->first_layer) {
+            v_first[i] = v[i];
+        } else {
+            v[i] = v[i] + (v_first[i] - v[i]) * rke_sigmoid(L->v0[i] + v_lora[i]);
+        }
+        kk[i] = k[i] * L->k_k[i];
+        k[i] = k[i] * (1.0f + (alpha[i] - 1.0f) * L->k_a[i]);
+    }
+    for (int64_t h = 0; h < C; h += N) {
+        const float norm = sqrtf(rke_pairwise_sum(kk + h, N, 1)); /* np.linalg.norm's sum */
+        const float div = norm > 1e-12f ? norm : 1e-12f;
+        for (int64_t j = h; j < h + N; j++) kk[j] = kk[j] / div;
+    }
+    for (int64_t i = 0; i < C; i++) b[i] = kk[i] * alpha[i];
+}
+
+/* token t's WKV output y: GroupNorm, the r.k bonus of each head, the gate */
+static void finish_token(const void *ctx, int64_t t) {
+    const tm_ctx *c = ctx;
+    const rke_rwkv7_layer *L = c->L;
+    const buffers7 *B = c->B;
+    const rke_model *m = c->run->m;
+    const int64_t C = m->n_embd, N = m->head_size, o = t * C;
+    float *y = B->y + o;
+    const float *r = B->r + o, *k = B->k + o, *v = B->v + o, *g = B->xg + o;
+    rke_group_norm(y, L->ln_x_w, L->ln_x_b, 1, C, N, m->group_norm_eps);
+    for (int64_t h = 0; h < C; h += N) {
+        float acc[8] = {0};
+        for (int64_t j = 0; j < N; j++) acc[j & 7] = acc[j & 7] + r[h + j] * k[h + j] * L->r_k[h + j];
+        const float rk = rke_hsum8(acc);
+        for (int64_t j = h; j < h + N; j++) y[j] = (y[j] + rk * v[j]) * g[j];
+    }
+}
+
+static int time_mix(const rke_run *run, const rke_rwkv7_layer *L, int first_layer,
+                    float *state, float *x, float *v_first, const buffers7 *B) {
+    const rke_model *m = run->m;
+    const int64_t T = run->T, C = m->n_embd, H = m->n_head, N = m->head_size;
+    float *x_prev = state, *S = state + 2 * C;
+    const tm_ctx tc = {run, L, B, x_prev, v_first, first_layer};
+    rke_layer_norm(run, x, L->ln1_w, L->ln1_b, B->xn, C, m->layer_norm_eps);
+    rke_parallel(run, mix_token, &tc, T, 12 * C);
+    memcpy(x_prev, B->xn + (T - 1) * C, (size_t)C * sizeof(float));
+
+    /* r, k, v and the LoRAs' down projections all read the mixes: one batch */
+    const int n_down = first_layer ? 6 : 7; /* layer 0 has no value-residual LoRA */
+    const rke_matrix *const down[] = {&L->receptance, &L->key, &L->value, &L->w1, &L->a1, &L->g1, &L->v1};
+    const float *const down_x[] = {B->xr, B->xk, B->xv, B->xw, B->xa, B->xg, B->xv};
+    float *const down_y[] = {B->r, B->k, B->v, B->hw, B->ha, B->hg, B->hv};
+    int rc = rke_linear_many(run, n_down, down, down_x, down_y);
+    if (rc != RKE_OK) return rc;
+    const int64_t Dw = m->lora[0], Dg = m->lora[3];
+    for (int64_t i = 0; i < T * Dw; i++) B->hw[i] = tanhf(B->hw[i]);
+    for (int64_t i = 0; i < T * Dg; i++) B->hg[i] = rke_sigmoid(B->hg[i]);
+    /* the LoRA inputs are dead now: their buffers take the outputs */
+    const rke_matrix *const up[] = {&L->w2, &L->a2, &L->g2, &L->v2};
+    const float *const up_x[] = {B->hw, B->ha, B->hg, B->hv};
+    float *const up_y[] = {B->xw, B->xa, B->xg, B->xv};
+    rc = rke_linear_many(run, first_layer ? 3 : 4, up, up_x, up_y);
+    if (rc != RKE_OK) return rc;
+
+    rke_parallel(run, prepare_token, &tc, T, 120 * C);
+    /* the WKV's a is -kk (folded into the kernel's sign) */
+    const wkv_ctx wc = {run, S, B->r, B->xw, B->k, B->v, B->xk, B->xr, B->y};
+    rke_parallel(run, wkv_head, &wc, H, 5 * N * N * T);
+    rke_parallel(run, finish_token, &tc, T, 12 * C);
+    rc = rke_linear(run, &L->output, B->y, B->xn);
+    if (rc != RKE_OK) return rc;
+    for (int64_t i = 0; i < T * C; i++) x[i] = x[i] + B->xn[i];
+    return RKE_OK;
+}
+
+static int channel_mix(const rke_run *run, const rke_rwkv7_layer *L, float *x_prev, float *x,
+                       const buffers7 *B) {
+    const int64_t T = run->T, C = run->m->n_embd, F = run->m->n_ffn;
+    float *xb = B->xn, *xk = B->xr, *out = B->xk;
+    rke_layer_norm(run, x, L->ln2_w, L->ln2_b, xb, C, run->m->layer_norm_eps);
+    for (int64_t t = 0; t < T; t++) {
+        const float *prev = rke_prev_row(x_prev, xb, t, C), *b = xb + t * C;
+        for (int64_t i = 0; i < C; i++) xk[t * C + i] = b[i] + (prev[i] - b[i]) * L->ffn_x_k[i];
+    }
+    memcpy(x_prev, xb + (T - 1) * C, (size_t)C * sizeof(float));
+    int rc = rke_linear(run, &L->ffn_key, xk, B->h);
+    if (rc != RKE_OK) return rc;
+    for (int64_t i = 0; i < T * F; i++) {
+        const float z = B->h[i] > 0.0f ? B->h[i] : 0.0f;
+        B->h[i] = z * z;
+    }
+    rc = rke_linear(run, &L->ffn_value, B->h, out);
+    if (rc != RKE_OK) return rc;
+    for (int64_t i = 0; i < T * C; i++) x[i] = x[i] + out[i];
+    return RKE_OK;
+}
+
+int rke_rwkv7_layers(const rke_run *run, float *state, float *x, float *scratch) {
+    const rke_model *m = run->m;
+    const rke_rwkv7_layer *layers = m->layers;
+    const int64_t C = m->n_embd, per_layer = rke_state_floats(m);
+    rke_arena a = {scratch, 0};
+    float *v_first = rke_take(&a, run->T * C);
+    buffers7 B;
+    layout(&a, m, run->T, &B);
+    for (int64_t i = 0; i < m->n_layer; i++) {
+        float *st = state + i * per_layer;
+        int rc = time_mix(run, &layers[i], i == 0, st, x, v_first, &B);
+        if (rc == RKE_OK) rc = channel_mix(run, &layers[i], st + C, x, &B);
+        if (rc != RKE_OK) return rc;
+        if (m->rescale_every && (i + 1) % m->rescale_every == 0) {
+            for (int64_t j = 0; j < run->T * C; j++) x[j] = x[j] * 0.5f;
+        }
+    }
+    return RKE_OK;
+}

@@ -1,0 +1,386 @@
+"""`rwkv-edge serve`: an OpenAI-compatible HTTP server (completions, chat completions, models, health).
+
+Built on the standard library's ThreadingHTTPServer rather than an ASGI stack (starlette + uvicorn):
+the model runs on one decoding thread anyway (tools/scheduler.py), so an event loop would buy no
+throughput, while staying on the standard library keeps the package's runtime dependencies at numpy,
+cffi and tokenizers and makes `rwkv-edge serve` work wherever the package installs. The cost is a thread
+per open connection, fine for a loopback or LAN server; put a reverse proxy in front for the internet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import queue
+import select
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..runtime.model import load
+from ..runtime.prefix_cache import PrefixCache
+from .default_model import default_model_path
+from .openai_protocol import (
+    ApiError,
+    GenerationRequest,
+    Limits,
+    ReplyText,
+    chat_body,
+    chat_chunk,
+    completion_body,
+    model_body,
+    models_body,
+    parse_generation_request,
+    parse_json_body,
+    usage_body,
+)
+from .scheduler import Finished, Job, Scheduler
+
+if TYPE_CHECKING:
+    from ..runtime.model import Model
+
+HELP = "serve a model over an OpenAI-compatible HTTP API"
+ENDPOINTS = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
+POLL_SECONDS = 0.25  # how often a handler waiting for tokens checks whether its client has gone
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model file (without: the embedded tiny model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    p.add_argument("--api-key-file", default=None,
+                   help="the same, the key read from the first line of a file (keeps it out of `ps`)")
+    p.add_argument("--model-name", default=None, help="the model id clients send (default: the file name stem)")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: the physical cores)")
+    p.add_argument("--tokenizer", default=None, help="world, neox, bytes or a vocab file (default: by vocab size)")
+    p.add_argument("--max-tokens-limit", type=int, default=Limits.max_tokens,
+                   help=f"largest max_tokens a request may ask for (default {Limits.max_tokens})")
+    p.add_argument("--timeout", type=float, default=Limits.timeout,
+                   help=f"seconds a request may take, queueing included (default {Limits.timeout:g})")
+    p.add_argument("--max-body", type=int, default=Limits.max_body,
+                   help=f"largest request body in bytes (default {Limits.max_body})")
+    p.add_argument("--cache-mib", type=float, default=64.0,
+                   help="memory for cached prompt-prefix states, MiB (default 64; 0: no cache)")
+    p.add_argument("--max-active", type=int, default=0,
+                   help="requests decoded at once, interleaved token by token (default 0: all; 1: a queue)")
+    p.add_argument("--max-pending", type=int, default=256,
+                   help="requests queued or running before new ones get 429 (default 256)")
+    p.add_argument("--quiet", action="store_true", help="do not log each request")
+
+
+def run(args: argparse.Namespace) -> int:
+    limits = Limits(max_tokens=args.max_tokens_limit, max_body=args.max_body, timeout=args.timeout)
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}")
+    api_key = args.api_key
+    if args.api_key_file is not None:
+        with open(args.api_key_file, encoding="utf-8") as f:
+            api_key = f.readline().strip()
+        if not api_key:
+            raise ValueError(f"{args.api_key_file}: the first line holds no API key")
+    path = args.model or default_model_path()
+    model = load(path, tokenizer=args.tokenizer, threads=args.threads)
+    server = ApiServer(
+        model, host=args.host, port=args.port, model_name=args.model_name, api_key=api_key, limits=limits,
+        cache_mib=args.cache_mib, max_active=args.max_active, max_pending=args.max_pending, quiet=args.quiet,
+    )
+    print(f"rwkv-edge: serving {server.model_name} at {server.url} (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+class ApiServer(ThreadingHTTPServer):
+    """The HTTP server plus the model's Scheduler. `serve_forever()`, or `start()` for a background thread."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self, model: Model, *, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
+        api_key: str | None = None, limits: Limits | None = None, cache_mib: float = 64.0, max_active: int = 0,
+        max_pending: int = 256, quiet: bool = False,
+    ) -> None:
+        limits = limits or Limits()
+        if limits.max_tokens < 1 or limits.max_body < 1 or not limits.timeout > 0 or cache_mib < 0:
+            raise ValueError("the max-tokens limit, body limit, timeout and cache size must be positive")
+        cache = PrefixCache(max_bytes=int(cache_mib * 2**20)) if cache_mib > 0 else None
+        self.model = model
+        self.model_name = model_name or Path(str(model.path)).stem
+        self.api_key = api_key or None
+        self.limits = limits
+        self.quiet = quiet
+        self.created = int(time.time())
+        self.scheduler = Scheduler(model, cache=cache, max_active=max_active, max_pending=max_pending)
+        if ":" in host:  # an IPv6 address such as ::1
+            self.address_family = socket.AF_INET6
+        try:
+            super().__init__((host, port), _Handler)
+        except BaseException:
+            self.scheduler.close()
+            raise
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def start(self) -> ApiServer:
+        """Serve on a background thread (tests, embedding)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="rwkv-edge-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+        self.server_close()
+        self.scheduler.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, which the openai client (httpx) uses
+    server: ApiServer
+    timeout = 120  # seconds a connection may sit idle or half-sent before its thread gives up on it
+    server_version = "rwkv-edge"
+    _last_poll = 0.0  # time.monotonic() of the last disconnect check
+    _chunked = True  # whether the streamed body goes out in HTTP/1.1 chunks
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    def handle(self) -> None:
+        # A client may close while its connection idles between requests; that is not an error.
+        try:
+            super().handle()
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, unknown method, ...) as OpenAI errors too."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        if self.request_version == "HTTP/0.9":  # an unreadable request line: answer as HTTP/1.0, with headers
+            self.request_version = "HTTP/1.0"
+        self._send_error(ApiError(code, message or phrase, type="invalid_request_error"))
+
+    def do_GET(self) -> None:
+        self._dispatch(self._get)
+
+    def do_POST(self) -> None:
+        self._dispatch(self._post)
+
+    def _dispatch(self, handler: Callable[[str], None]) -> None:
+        try:
+            handler(urlsplit(self.path).path)
+        except ApiError as err:
+            self._send_error(err)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _get(self, path: str) -> None:
+        if path == "/health":
+            self._send_json(200, {"status": "ok", "model": self.server.model_name,
+                                  "active": self.server.scheduler.active_count(),
+                                  "pending": self.server.scheduler.pending_count()})
+            return
+        if path in ENDPOINTS:
+            raise ApiError(405, f"{path} takes POST", code="method_not_allowed")
+        self._authorize()
+        name = self.server.model_name
+        if path == "/v1/models":
+            self._send_json(200, models_body(name, self.server.created))
+        elif path.startswith("/v1/models/"):
+            asked = path[len("/v1/models/"):]
+            if asked != name:
+                raise ApiError(404, f"The model `{asked}` does not exist", param="model", code="model_not_found")
+            self._send_json(200, model_body(name, self.server.created))
+        else:
+            raise ApiError(404, f"Invalid URL (GET {path})", code="unknown_url")
+
+    def _post(self, path: str) -> None:
+        kind = ENDPOINTS.get(path)
+        if kind is None:
+            raise ApiError(404, f"Invalid URL (POST {path})", code="unknown_url")
+        self._authorize()
+        body = parse_json_body(self._read_body())
+        server = self.server
+        request = parse_generation_request(body, kind, served_model=server.model_name,
+                                           vocab_size=server.model.spec.n_vocab, limits=server.limits)
+        job = server.scheduler.submit(request, server.limits.timeout)
+        try:
+            first = self._next_event(job)  # wait for it before the headers, so a refused prompt is a 4xx
+            if isinstance(first, ApiError):
+                raise first
+            if request.stream:
+                self._stream(job, request, first)
+            else:
+                self._respond(job, request, first)
+        finally:
+            job.cancel()  # a no-op once the job has ended; stops it if this thread leaves early
+
+    def _respond(self, job: Job, request: GenerationRequest, event: str | Finished) -> None:
+        shaper = ReplyText() if request.kind == "chat" else None
+        pieces = []
+        while not isinstance(event, Finished):
+            pieces.append(shaper.feed(event) if shaper else event)
+            event = self._next_event(job)
+            if isinstance(event, ApiError):
+                raise event
+        usage = usage_body(event.prompt_tokens, event.completion_tokens)
+        request_id, created, text = _request_id(request), int(time.time()), "".join(pieces)
+        if request.kind == "chat":
+            body = chat_body(request_id, created, request.model, text, event.finish_reason, usage)
+        else:
+            body = completion_body(request_id, created, request.model, text, event.finish_reason, usage)
+        self._send_json(200, body)
+
+    def _stream(self, job: Job, request: GenerationRequest, event: str | Finished) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        # HTTP/1.0 has no chunked encoding: the end of the stream is then the end of the connection.
+        self._chunked = self.request_version == "HTTP/1.1"
+        if self._chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.close_connection = True
+            self.send_header("Connection", "close")
+        self.end_headers()
+        request_id, created, model, chat = _request_id(request), int(time.time()), request.model, request.kind == "chat"
+        shaper = ReplyText()
+        if chat:
+            self._send_event(chat_chunk(request_id, created, model, {"role": "assistant", "content": ""}, None))
+        while not isinstance(event, Finished):
+            if chat:
+                piece = shaper.feed(event)
+                if piece:
+                    self._send_event(chat_chunk(request_id, created, model, {"content": piece}, None))
+            else:
+                self._send_event(completion_body(request_id, created, model, event, None, chunk=True))
+            event = self._next_event(job)
+            if isinstance(event, ApiError):
+                # Headers are gone: report it in-band as OpenAI does, then end the stream.
+                self._send_event(event.body())
+                break
+        else:
+            usage = usage_body(event.prompt_tokens, event.completion_tokens)
+            if chat:
+                self._send_event(chat_chunk(request_id, created, model, {}, event.finish_reason))
+                if request.include_usage:
+                    self._send_event(chat_chunk(request_id, created, model, {}, None, usage, choices=False))
+            else:
+                self._send_event(completion_body(request_id, created, model, "", event.finish_reason, chunk=True))
+                if request.include_usage:
+                    body = completion_body(request_id, created, model, "", None, usage, chunk=True)
+                    body["choices"] = []
+                    self._send_event(body)
+        self._send_chunk(b"data: [DONE]\n\n")
+        self._send_chunk(b"")
+
+    def _next_event(self, job: Job) -> str | Finished | ApiError:
+        """The job's next event; raises ConnectionResetError (cancelling the job) if the client leaves."""
+        while True:
+            now = time.monotonic()
+            # Checked on a clock, not only when idle: a fast non-streamed reply never leaves the queue empty.
+            if now - self._last_poll >= POLL_SECONDS:
+                self._last_poll = now
+                if self._client_gone():
+                    job.cancel()
+                    raise ConnectionResetError("the client disconnected")
+            try:
+                return job.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                pass
+
+    def _client_gone(self) -> bool:
+        """True once the peer has closed: the socket reads as end-of-file without blocking."""
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _authorize(self) -> None:
+        key = self.server.api_key
+        if key is None:
+            return
+        given = self.headers.get("Authorization", "")
+        token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            raise ApiError(401, "Incorrect API key provided" if token else
+                           "Missing API key: send 'Authorization: Bearer KEY'", code="invalid_api_key")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise ApiError(411, "send the body with a Content-Length (chunked request bodies are not supported)")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise ApiError(411, "a Content-Length header is required")
+        if not length.strip().isdigit():
+            raise ApiError(400, f"bad Content-Length {length!r}")
+        n = int(length)
+        limit = self.server.limits.max_body
+        if n > limit:
+            raise ApiError(413, f"the request body is {n} bytes; the limit is {limit}", code="request_too_large")
+        raw = self.rfile.read(n)
+        if len(raw) != n:
+            raise ConnectionResetError("the client closed the connection mid-body")
+        return raw
+
+    def _send_error(self, err: ApiError) -> None:
+        # The body of a refused request may be unread, so this connection cannot carry another request.
+        self.close_connection = True
+        extra = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
+        if err.status == 405:
+            extra["Allow"] = "POST"
+        try:
+            self._send_json(err.status, err.body(), extra)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_event(self, body: dict[str, Any]) -> None:
+        self._send_chunk(b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n")
+
+    def _send_chunk(self, data: bytes) -> None:
+        """One piece of a chunked body (b"" ends it); raises BrokenPipeError once the client has gone."""
+        if self._chunked:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        elif data:
+            self.wfile.write(data)
+
+
+def _request_id(request: GenerationRequest) -> str:
+    return ("chatcmpl-" if request.kind == "chat" else "cmpl-") + uuid.uuid4().hex
