@@ -82,25 +82,30 @@ class _Cursor:
             raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
 
     def strings(self, count: int, what: str) -> list[str]:
-        """`count` strings in a row: string() unrolled, since a vocabulary has 65,536 of them."""
-        mv, pos, end = self.mv, self.pos, len(self.buf)
-        length = _U64.unpack_from
-        out = []
-        try:
-            for _ in range(count):
-                if pos + 8 > end:
-                    break
-                n = length(mv, pos)[0]
-                pos += 8
-                if n > end - pos:
-                    break
-                out.append(str(mv[pos : pos + n], "utf-8"))
-                pos += n
-        except UnicodeDecodeError:
-            raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
-        self.pos = pos
-        if len(out) < count:
-            raise ModelFileError(self.path, f"file ends inside {what} (offset {pos}, {end} bytes)")
+        """`count` strings in a row: string() unrolled over a bytes copy of the region (slicing bytes is
+        several times cheaper than slicing the map), since a vocabulary has 65,536 of them."""
+        out: list[str] = []
+        while len(out) < count:
+            # Copy in 4 MiB windows, so a bogus count cannot make us copy the whole file at once.
+            window_end = min(len(self.buf), self.pos + (4 << 20))
+            blob = bytes(self.mv[self.pos : window_end])
+            pos, end, last_window = 0, len(blob), window_end == len(self.buf)
+            length = _U64.unpack_from
+            try:
+                while len(out) < count and pos + 8 <= end:
+                    n = length(blob, pos)[0]
+                    if n > end - pos - 8:
+                        break
+                    out.append(blob[pos + 8 : pos + 8 + n].decode("utf-8"))
+                    pos += 8 + n
+            except UnicodeDecodeError:
+                raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
+            self.pos += pos
+            if len(out) < count and (last_window or pos == 0):
+                if pos == 0 and not last_window:  # one string longer than a window: the general path
+                    out.append(self.string(what))
+                    continue
+                raise ModelFileError(self.path, f"file ends inside {what} (offset {self.pos}, {len(self.buf)} bytes)")
         return out
 
     def value(self, vtype: int, what: str) -> Any:

@@ -7,6 +7,7 @@ branched by keeping the old state object.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,14 +73,15 @@ class Model:
         self.kind = checkpoint.kind
         self.spec: ModelSpec = spec
         self.checkpoint = checkpoint
-        if tokenizer is None and checkpoint.kind == "gguf":
-            tokenizer = tokenizer_from_gguf(checkpoint.metadata, spec.n_vocab)
-        elif tokenizer is None:
+        # A GGUF file's tokenizer is built on first use: its 65,536-entry trie would be most of the load time.
+        self._gguf_tokenizer_pending = tokenizer is None and checkpoint.kind == "gguf"
+        self._tokenizer_lock = threading.Lock()
+        if tokenizer is None and not self._gguf_tokenizer_pending:
             tokenizer = tokenizer_for_vocab(spec.n_vocab)
-        elif tokenizer.vocab_size > spec.n_vocab:
+        elif tokenizer is not None and tokenizer.vocab_size > spec.n_vocab:
             raise ValueError(f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} ids, but the model "
                              f"{checkpoint.path} only {spec.n_vocab}")
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
 
         def ln(prefix: str) -> tuple[np.ndarray, np.ndarray]:
             return ts.array(prefix + ".weight", (C,)), ts.array(prefix + ".bias", (C,))
@@ -95,6 +97,21 @@ class Model:
             native = kernels.backend != "numpy"
         backend = next((b for b in (kernels.backend, *dispatch.available()) if b != "numpy"), "numpy")
         self.native: NativeModel | None = self.build_native(backend) if native else None
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, or None for a file without one (it then runs on token ids)."""
+        if self._gguf_tokenizer_pending:
+            with self._tokenizer_lock:
+                if self._gguf_tokenizer_pending:
+                    self._tokenizer = tokenizer_from_gguf(self.checkpoint.metadata, self.spec.n_vocab)
+                    self._gguf_tokenizer_pending = False
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Tokenizer | None) -> None:
+        with self._tokenizer_lock:
+            self._tokenizer, self._gguf_tokenizer_pending = tokenizer, False
 
     def build_native(self, backend: str) -> NativeModel:
         """The C forward pass of this model for kernel backend `backend` ('avx2' or 'scalar')."""
