@@ -85,14 +85,14 @@ class Stream:
         ])
 
     @classmethod
-    def resume(cls, model: Model, x: np.ndarray, v_first: np.ndarray | None, start: int) -> "Stream":
+    def resume(cls, model: Model, x: np.ndarray, v_first: np.ndarray | None, start: int) -> Stream:
         """A stream at the input of half number `start` with activations x (T, C), from a fresh state
         (right for a whole window: no layer at or above `start` has seen a token yet)."""
         s = cls.__new__(cls)
         s.model, s.x, s.v_first, s.state, s.next = model, x, v_first, model.new_state(), start
         return s
 
-    def with_model(self, model: Model) -> "Stream":
+    def with_model(self, model: Model) -> Stream:
         """A copy of this stream (same position, state and activations) that runs on with `model`."""
         twin = copy.copy(self)
         twin.model, twin.state = model, self.state.copy()
@@ -107,7 +107,8 @@ def advance(stream: Stream, sink: Sink | None = None) -> None:
     firsts = []
     for a in range(0, len(stream.x), CHUNK_LEN):
         v_first = stream.v_first[a : a + CHUNK_LEN] if stream.v_first is not None else None
-        out[a : a + CHUNK_LEN], v_first = _run_half(model, layer, half, stream.x[a : a + CHUNK_LEN], stream.state, v_first)
+        x = stream.x[a : a + CHUNK_LEN]  # (chunk, C)
+        out[a : a + CHUNK_LEN], v_first = _run_half(model, layer, half, x, stream.state, v_first)
         firsts.append(v_first)
     stream.x = out
     if stream.v_first is None and firsts[0] is not None:
@@ -321,7 +322,8 @@ def _get(obj: object, path: tuple[str, ...]) -> Linear:
 def _replaced(obj: object, path: tuple[str, ...], value: object) -> object:
     if not path:
         return value
-    return dataclasses.replace(obj, **{path[0]: _replaced(getattr(obj, path[0]), path[1:], value)})  # type: ignore[arg-type]
+    inner = _replaced(getattr(obj, path[0]), path[1:], value)
+    return dataclasses.replace(obj, **{path[0]: inner})  # type: ignore[type-var]
 
 
 def _recording(model: Model, layer: int, sink: Sink) -> Model:

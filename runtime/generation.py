@@ -57,8 +57,9 @@ class Generation(Iterator[str]):
     `prompt_tokens`, and `finish_reason`: None until finished ("stop" or "length"), and still None if
     `close()` ended it early. `state` is a copy of the state after the prompt and all of `tokens`: a stop
     string's tokens are in it even though its text is not yielded, and the end token is not.
-    The prompt is only run by the first `next()` (or `state`). One Generation is for one thread, except
-    `close()`, which any thread may call at any time; it holds no resources, so dropping it is enough.
+    The prompt is only run by the first `next()` (or `state`), or a chunk at a time by `prefill()`. One
+    Generation is for one thread, except `close()`, which any thread may call at any time; it holds no
+    resources, so dropping it is enough.
     """
 
     def __init__(
@@ -84,8 +85,10 @@ class Generation(Iterator[str]):
         self._penalties = Penalties(settings, model.spec.n_vocab)
         self._stream = TextStream(stop)
         self._end_token = END_TOKEN if tokenizer is not None and tokenizer.name in _END_TOKEN_VOCABS else None
-        self._state: State | None = None  # stepped in place; None until the prompt has run
-        self._logits: np.ndarray | None = None  # (V,) float32 after the last fed token
+        self._state: State | None = None  # stepped in place; None until the prompt has started
+        self._fed = 0  # prompt tokens in self._state
+        self._namespace = ""  # of this generation's cache entries, once the prompt has started
+        self._logits: np.ndarray | None = None  # (V,) float32 after the last fed token; None until the prompt is in
         self._pending: int | None = None  # sampled and counted, but not yet fed to the model
         self._tokens: list[int] = []
         self._pieces: list[str] = []
@@ -117,6 +120,31 @@ class Generation(Iterator[str]):
     def close(self) -> None:
         """Stop generating: the next `next()` ends the iteration. Safe from any thread, any number of times."""
         self._closed = True
+
+    def prefill(self) -> bool:
+        """Feed the next piece of the prompt (at most CHUNK_LEN tokens); True once all of it is in the state.
+
+        For a caller that interleaves other work with a long prompt, or may stop it halfway: `next()`
+        feeds all of what is left at once.
+        """
+        if self._logits is not None:
+            return True
+        if self._state is None and self._start_prompt():
+            return True
+        model, ids, cache, state = self._model, self._prompt, self._cache, self._state
+        assert state is not None
+        n, begin = len(ids), self._fed
+        end = min(begin + _chunk_len(), n)
+        logits, _ = model.forward(ids[begin:end], state, out=state)
+        self._fed = end
+        if end < n:
+            if cache is not None and cache.checkpoints:
+                cache.store(self._namespace, ids[:end], state)
+            return False
+        if cache is not None:
+            cache.store(self._namespace, ids, state, logits)
+        self._logits = logits
+        return True
 
     def __iter__(self) -> Generation:
         return self
@@ -163,13 +191,12 @@ class Generation(Iterator[str]):
             return
         self._catch_up()
         assert self._state is not None
-        namespace = cache_namespace(self._model, self._initial)
-        self._cache.store(namespace, self._prompt + self._tokens, self._state, self._logits)
+        self._cache.store(self._namespace, self._prompt + self._tokens, self._state, self._logits)
 
     def _catch_up(self) -> None:
         """Run the prompt if not done yet, and feed the pending token."""
-        if self._state is None:
-            self._state, self._logits = self._run_prompt()
+        while not self.prefill():
+            pass
         if self._pending is not None:
             self._logits, _ = self._model.forward([self._pending], self._state, out=self._state)
             self._pending = None
@@ -178,12 +205,14 @@ class Generation(Iterator[str]):
         tokenizer = self._model.tokenizer
         return tokenizer.decode_bytes([token]) if tokenizer is not None else f"[{token}]".encode()
 
-    def _run_prompt(self) -> tuple[State, np.ndarray]:
+    def _start_prompt(self) -> bool:
+        """Take the starting state: the longest usable cached prefix, or the initial state; True if a cached
+        entry covers the whole prompt (and so gives its logits too)."""
         model, ids, cache = self._model, self._prompt, self._cache
         n, chunk = len(ids), _chunk_len()
-        namespace = cache_namespace(model, self._initial) if cache is not None else ""
         hit = None
         if cache is not None:
+            self._namespace = cache_namespace(model, self._initial)
             # Only where resuming computes exactly what a cold run would: anywhere with the C forward pass (a
             # chunk gives the bits of its tokens fed one by one), else where a cold run's pieces end.
             split_free = model.native is not None
@@ -193,24 +222,16 @@ class Generation(Iterator[str]):
                     return has_logits
                 return length < n and (split_free or length % chunk == 0)
 
-            hit = cache.lookup(namespace, ids, usable)
-        if hit is not None and hit.length == n and hit.logits is not None:
-            return hit.state, hit.logits
+            hit = cache.lookup(self._namespace, ids, usable)
         if hit is not None:
-            state, start = hit.state, hit.length
+            self._state, self._fed = hit.state, hit.length
+            if hit.length == n:
+                self._logits = hit.logits
+                return True
         else:
-            state, start = (self._initial.copy() if self._initial is not None else model.new_state()), 0
-        state.fingerprint = model.fingerprint  # whatever state it started from, it now belongs to this model
-        logits: np.ndarray | None = None
-        for begin in range(start, n, chunk):
-            end = min(begin + chunk, n)
-            logits, _ = model.forward(ids[begin:end], state, out=state)
-            if cache is not None and cache.checkpoints and end < n:
-                cache.store(namespace, ids[:end], state)
-        assert logits is not None
-        if cache is not None:
-            cache.store(namespace, ids, state, logits)
-        return state, logits
+            self._state = self._initial.copy() if self._initial is not None else model.new_state()
+        self._state.fingerprint = model.fingerprint  # whatever state it started from, it now belongs to this model
+        return False
 
 
 def _chunk_len() -> int:
@@ -221,7 +242,9 @@ def _chunk_len() -> int:
 
 def cache_namespace(model: Model, state: State | None) -> str:
     """Cache entries are shared by generations with the same weights and the same initial state."""
-    return f"{model.fingerprint}/{state.digest() if state is not None else 'zero'}"
+    # The forward path is part of the key: the C and numpy paths agree closely, not bit for bit.
+    path = "c" if model.native is not None else "numpy"
+    return f"{model.fingerprint}/{path}/{state.digest() if state is not None else 'zero'}"
 
 
 def prompt_ids(model: Model, prompt: str | Sequence[int]) -> list[int]:

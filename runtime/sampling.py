@@ -3,7 +3,8 @@
 Order, applied to the model's logits (V,) at every step:
   1. repetition penalty: logits[t] -= presence + occurrence[t] * frequency for every token t generated so far
      (`Penalties`; occurrence decays by `decay` per generated token, as PIPELINE's alpha_decay; as in
-     PIPELINE a token whose text is only spaces, tabs or digits adds 0 to its occurrence)
+     PIPELINE a token whose text is a substring of " \\t0123456789" (" ", "7", "89", not "98") adds 0 to
+     its occurrence)
   2. logit_bias: logits[t] += bias[t] (-inf bans a token, like PIPELINE's token_ban)
   3. temperature 0 (or top_k 1): the most likely token (lowest id on ties); nothing else applies
   4. probs = softmax(logits)
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# PIPELINE counts a token whose text is one of these (or a run of them, or empty) with weight 0 in
+# PIPELINE counts a token whose text is a substring of this (`text in _FREE_TEXT`) with weight 0 in
 # `occurrence`: it still gets the presence penalty, but repeating it adds no frequency penalty.
 _FREE_TEXT = " \t0123456789"
 
@@ -171,7 +172,9 @@ def _support(
     ids = np.flatnonzero(probs >= floor) if floor > 0 else np.arange(len(probs))  # (K,)
     kept = probs[ids]  # (K,)
     if temperature != 1:
-        kept = kept ** (1.0 / temperature)
+        # Scaled by the largest first: p ** (1 / 0.001) underflows to 0 for every p below ~0.49, which
+        # would leave 0 / 0; the ratio is the same distribution once renormalised.
+        kept = (kept / kept.max()) ** (1.0 / temperature)
     return ids, kept / kept.sum()
 
 

@@ -72,6 +72,8 @@ def load_state(path: str | os.PathLike[str], model: Model, *, check_weights: boo
             raise ModelFileError(path, f"truncated: {size} bytes, a state file has at least "
                                        f"{HEADER.size + CHECKSUM_BYTES}")
         header = f.read(HEADER.size)
+        if len(header) != HEADER.size:
+            raise ModelFileError(path, "the file changed while it was read")
         magic, fmt, arch, n_layer, n_embd, n_head, head_size, n_vocab, per_layer, fingerprint = HEADER.unpack(header)
         if magic != MAGIC:
             raise ModelFileError(path, "not an rwkv-edge state file (bad magic)")

@@ -103,6 +103,22 @@ def test_save_reset_load(model, tmp_path):
     assert session.ask("What was it?").text == expected
 
 
+def test_a_state_saved_under_a_tuning_suffix_loads_back(model, tmp_path):
+    # .pth/.safetensors mean a state-tuning file, unless the file is one of our state files.
+    session = ChatSession(model, max_tokens=3, sampling=GREEDY)
+    session.ask("Hi")
+    session.save(tmp_path / "conversation.pth")
+    saved = session.state.copy()
+    session.reset()
+    session.load(tmp_path / "conversation.pth")
+    assert session.state == saved
+
+
+def test_bad_sampling_settings_are_refused_before_the_first_message(model):
+    with pytest.raises(ValueError, match="top_p"):
+        ChatSession(model, sampling={**GREEDY, "top_p": 5.0})
+
+
 def test_system_prompt_is_fed_first_and_again_after_reset(model):
     session = ChatSession(model, max_tokens=4, sampling=GREEDY, system="Be kind.\n\n")
     assert session.transcript() == "System: Be kind.\n\n"

@@ -15,6 +15,7 @@ from rwkv.utils import PIPELINE, PIPELINE_ARGS
 from synthetic_checkpoints import make_checkpoint, save_checkpoint
 
 import rwkv_edge
+from rwkv_edge.runtime.sampling import probabilities, sample_logits
 from rwkv_edge.runtime.text_stream import TextStream
 
 PROMPT = "In a shocking finding, scientists"
@@ -170,6 +171,18 @@ def test_min_p_and_logit_bias_follow_their_formulas(model):
                           logit_bias=bias)
     assert list(ours.tokens) == expected
     assert ord("a") not in expected
+
+
+def test_low_temperature_does_not_underflow():
+    # p ** (1 / 0.001) is 0.0 in float64 for every p below about 0.49: the distribution must still be
+    # softmax(log p / T), nearly all on the likeliest token, never NaN or a draw from the tail.
+    p = np.array([0.3, 0.25, 0.2, 0.15, 0.1])
+    for temperature in (0.001, 0.01, 0.05):
+        expected = torch.softmax(torch.log(torch.tensor(p, dtype=torch.float64)) / temperature, 0).numpy()
+        ours = probabilities(np.log(p), temperature=temperature, top_p=1.0)
+        np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-300)
+    rng = np.random.default_rng(0)
+    assert [sample_logits(np.log(p), rng, temperature=0.001) for _ in range(20)] == [0] * 20
 
 
 def test_banned_greedy_token_gives_the_second_best(model):

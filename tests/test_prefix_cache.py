@@ -1,4 +1,5 @@
-"""PrefixCache: hits give exactly the cold run's logits and states, LRU within the byte bound, threads.
+"""PrefixCache: hits give exactly the cold run's logits and states, LRU within the byte bound, threads;
+and Generation.prefill, which feeds a prompt a chunk at a time.
 
 Truth: Model.forward over the whole prompt (the cold run) and generation without a cache. The model's
 chunk length is cut to 16 tokens here, so short prompts cross several chunk boundaries (where the cache
@@ -172,3 +173,20 @@ def test_next_turn_resumes_after_the_reply_with_identical_logits(model, text):
     assert warm.tokens == cold.tokens and warm.state == cold.state
     cold_logits, _ = model.forward(follow)
     assert np.array_equal(model.forward(follow[28:], hit.state)[0], cold_logits)
+
+
+def test_prefill_feeds_a_chunk_at_a_time_and_changes_nothing(model, text):
+    calls: list[int] = []
+    own = rwkv_edge.load(fixture_path(*MODEL))
+    original = own.forward
+
+    def forward(tokens, *args, **kwargs):
+        calls.append(len(tokens))
+        return original(tokens, *args, **kwargs)
+
+    own.forward = forward
+    gen = own.generate(text[:40], max_tokens=5, seed=3)
+    assert [gen.prefill() for _ in range(4)] == [False, False, True, True]
+    assert calls == [CHUNK, CHUNK, 40 - 2 * CHUNK]  # and nothing more once the prompt is in
+    whole = model.complete(text[:40], max_tokens=5, seed=3)
+    assert "".join(gen) == whole.text and tuple(gen.tokens) == whole.tokens and gen.state == whole.state

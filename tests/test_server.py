@@ -242,6 +242,9 @@ def test_client_errors(server, client):
     ({"prompt": "x", "max_tokens": 10**12}, 400, "max_tokens"),
     ({"prompt": "x", "stream": "yes"}, 400, "stream"),
     ({"prompt": "x", "temperature": [1]}, 400, "temperature"),
+    ({"prompt": "x", "temperature": 10**400}, 400, "temperature"),  # no float holds it
+    ({"prompt": "x", "logit_bias": {"1": -10**400}}, 400, "logit_bias"),
+    (b'{"prompt": "x", "model": "\\ud800"}', 404, "model"),  # echoed in the message: not encodable as UTF-8
     ({"prompt": "x", "model": "other"}, 404, "model"),
     ({"prompt": "x", "model": 7}, 400, "model"),
     ({"prompt": "x" * 5000}, 413, None),
@@ -279,6 +282,8 @@ def test_api_key_paths_and_methods(server):
     (b"POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n", 411),
     (b"POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nContent-Length: -3\r\n\r\n",
      400),
+    (b"POST /v1/completions HTTP/1.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nContent-Length: \xb2\r\n\r\n",
+     400),  # a latin-1 superscript two: str.isdigit() says yes, int() says no
 ])
 def test_broken_http_gets_an_openai_error(server, request_bytes, status):
     with socket.create_connection(server.server_address[:2], timeout=30) as sock:

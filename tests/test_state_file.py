@@ -145,6 +145,22 @@ def test_corrupt_files_are_refused(saved, tmp_path, offset, value, fragment):
         State.load(bad, model)
 
 
+def test_a_file_cut_after_its_size_was_read_is_refused(saved, tmp_path, monkeypatch):
+    model, _, path = saved
+    full_size = path.stat().st_size
+    cut = tmp_path / "shrinking.state"
+    cut.write_bytes(path.read_bytes()[:30])
+    real_fstat = os.fstat
+
+    def fstat_before_the_cut(fd):  # the size as it was a moment before another process truncated the file
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], full_size, *st[7:]))
+
+    monkeypatch.setattr(os, "fstat", fstat_before_the_cut)
+    with pytest.raises(ModelFileError, match="changed while it was read"):
+        State.load(cut, model)
+
+
 def test_trailing_bytes_and_non_files_are_refused(saved, tmp_path):
     model, _, path = saved
     longer = tmp_path / "longer.state"

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..quant.allocation import allocate_types, bits_per_weight, mean_bpw
 from ..quant.checkpoint import Checkpoint, open_checkpoint
-from ..quant.codebooks import pack, values
+from ..quant.codebooks import codebook, pack, values
 from ..quant.convert import ConvertResult, Progress, check_destination, convert_checkpoint
 from ..quant.ggml_types import GGMLType, RawTensor
 from ..quant.gguf_layout import storage_type_of
@@ -42,7 +42,7 @@ class Options:
     upgrade: GGMLType = GGMLType.Q5_0  # the wider type the budget buys
     sequential: bool = True  # calibrate each half on the outputs of the already quantized halves below
     calibration_tokens: int = 4096  # tokens of calibration text used (or sampled when there is none)
-    sensitivity_tokens: int = 512  # tokens over which each matrix's KL is measured for the allocation
+    sensitivity_tokens: int = 256  # tokens over which each matrix's KL is measured for the allocation
     seed: int = 0  # of the sampled calibration text
 
 
@@ -51,6 +51,18 @@ class Calibrated:
     tensors: dict[str, tuple[GGMLType, np.ndarray]]  # official name -> (type, (rows, row_nbytes) uint8)
     sensitivity: dict[str, float]  # official name -> KL with only this matrix at plain IQ4_NL (if measured)
     bits_per_weight: float  # mean over the calibrated matrices
+
+
+def check_options(options: Options) -> None:
+    """Raise ValueError for options the mode cannot honour, before any work starts."""
+    if options.budget_bpw < bits_per_weight(BASE):
+        raise ValueError(f"a budget of {options.budget_bpw} bits per weight is below {BASE.name}'s "
+                         f"{bits_per_weight(BASE)}")
+    codebook(options.upgrade)  # a type the rounding can produce
+    if options.calibration_tokens < MIN_TOKENS:
+        raise ValueError(f"the calibration needs at least {MIN_TOKENS} tokens, got {options.calibration_tokens}")
+    if options.sensitivity_tokens < 2:
+        raise ValueError(f"the sensitivity needs at least 2 tokens, got {options.sensitivity_tokens}")
 
 
 def calibration_ids(model: Model, text: str | None, options: Options, say: Say | None = None) -> np.ndarray:
@@ -80,12 +92,10 @@ def calibrated_matrices(
 ) -> Calibrated:
     """Round the matrices `names` of `model` (as stored: F32, F16 or quantized) with the calibrated mode."""
     say = say or (lambda _msg: None)
+    check_options(options)
     weights = {n: np.asarray(model.checkpoint.tensors[n].to_f32(), dtype=np.float32) for n in names}
     sizes = {n: w.size for n, w in weights.items()}
     sensitivity: dict[str, float] = {}
-    if options.budget_bpw < bits_per_weight(BASE):
-        raise ValueError(f"a budget of {options.budget_bpw} bits per weight is below {BASE.name}'s "
-                         f"{bits_per_weight(BASE)}")
     types = {n: BASE for n in names}
     if options.budget_bpw > bits_per_weight(BASE) and options.upgrade != BASE:
         sensitivity, gains = _upgrade_gains(model, ids[: options.sensitivity_tokens], weights, options, say)
@@ -111,6 +121,7 @@ def convert_calibrated(
 ) -> tuple[ConvertResult, Calibrated]:
     """`rwkv-edge convert SRC DST --type IQ4_CAL`: calibrate, then write the GGUF file."""
     src, dst = os.fspath(src), os.fspath(dst)
+    check_options(options)
     check_destination(src, dst)  # before minutes of calibration, not after
     ckpt = open_checkpoint(src)
     tok = load_tokenizer(tokenizer) if tokenizer not in (None, "none") else None

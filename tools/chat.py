@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..quant.errors import ModelFileError
 from ..runtime.generation import END_TOKEN
 from ..runtime.model import load
+from ..runtime.sampling import SamplingSettings
 from ..runtime.state import State
+from ..runtime.state_file import MAGIC as STATE_MAGIC
 from .default_model import default_model_path
 from .openai_protocol import CHAT_STOP, normalize_turn
 
@@ -96,6 +98,7 @@ class ChatSession:
         self.initial_state = initial_state
         self.max_tokens = max_tokens
         self.sampling = dict(CHAT_SAMPLING if sampling is None else sampling)
+        SamplingSettings(**self.sampling).check(model.spec.n_vocab)  # now, not at the first message
         self.seed = seed
         self.system = normalize_turn(system) if system else None
         self.reset()
@@ -186,9 +189,20 @@ class ChatSession:
 
 def read_state(path: str | os.PathLike[str], model: Model) -> State:
     """A state saved by /save (State.save), or the initial state in a state-tuning file."""
-    if Path(path).suffix.lower() in TUNING_SUFFIXES:
+    if Path(path).suffix.lower() in TUNING_SUFFIXES and not _is_state_file(path):
         return State.from_tuning(path, model)
     return State.load(path, model)
+
+
+def _is_state_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the file begins as State.save writes (whatever its name: /save x.pth is allowed)."""
+    if not os.path.isfile(path):  # opening a FIFO would block
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(STATE_MAGIC)) == STATE_MAGIC
+    except OSError:
+        return False
 
 
 def repl(session: ChatSession, read_line: Callable[[str], str], out: TextIO) -> int:

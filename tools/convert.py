@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from ..quant.convert import convert
+from ..quant.convert import ConvertResult, convert
+from ..quant.ggml_types import GGMLType
 from ..quant.policy import parse_type
 from . import calibrated
 
@@ -60,7 +61,6 @@ class ProgressBar:
 
 def run(args: argparse.Namespace) -> int:
     mode = args.type.upper() == calibrated.MODE
-    target = None if mode else parse_type(args.type)
     emb = parse_type(args.emb_type) if args.emb_type else None
     head = parse_type(args.head_type) if args.head_type else None
     given = [f for f in ("calibration", "bpw", "calibration_tokens", "sequential") if getattr(args, f) is not None]
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         if mode:
             result = _run_calibrated(args, emb, head, bar, start)
         else:
-            result = convert(args.src, args.dst, target, tokenizer=args.tokenizer, emb_type=emb, head_type=head,
-                             progress=bar)
+            result = convert(args.src, args.dst, parse_type(args.type), tokenizer=args.tokenizer, emb_type=emb,
+                             head_type=head, progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -84,20 +84,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_calibrated(args: argparse.Namespace, emb, head, bar, start: float):
+def _run_calibrated(
+    args: argparse.Namespace, emb: GGMLType | None, head: GGMLType | None, bar: ProgressBar | None, start: float
+) -> ConvertResult:
     """The IQ4_CAL path: calibration stages are reported line by line on stderr (unless --quiet)."""
     text = None
     if args.calibration is not None:
         with open(args.calibration, encoding="utf-8") as f:
             text = f.read()
-    defaults = calibrated.Options()
-    options = calibrated.Options(
-        budget_bpw=args.bpw if args.bpw is not None else defaults.budget_bpw,
-        calibration_tokens=args.calibration_tokens or defaults.calibration_tokens,
-        sequential=args.sequential if args.sequential is not None else defaults.sequential,
-    )
-    if options.calibration_tokens < calibrated.MIN_TOKENS:
-        raise ValueError(f"--calibration-tokens must be at least {calibrated.MIN_TOKENS}")
+    given = {"budget_bpw": args.bpw, "calibration_tokens": args.calibration_tokens, "sequential": args.sequential}
+    options = calibrated.Options(**{k: v for k, v in given.items() if v is not None})
 
     def say(message: str) -> None:
         if not args.quiet:

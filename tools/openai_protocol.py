@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +160,20 @@ class ReplyText:
         return piece
 
 
+def new_request_id(kind: str) -> str:
+    """A new response id, prefixed as OpenAI's are."""
+    return ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex
+
+
+def encode_json(body: dict[str, Any]) -> bytes:
+    """A body as UTF-8 JSON; escaped to ASCII if it holds a lone surrogate (a client's "\\ud800" echoed
+    in an error message), which has no UTF-8."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body).encode("ascii")
+
+
 def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
@@ -302,7 +317,8 @@ def _seed(seed: Any) -> int | None:
 
 
 def _is_number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+    # An int is always finite, and math.isfinite() would overflow converting one beyond float's range.
+    return type(value) is int or (type(value) is float and math.isfinite(value))
 
 
 def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: float) -> float:
@@ -312,7 +328,7 @@ def _number(body: Mapping[str, Any], name: str, default: float, lo: float, hi: f
     if not _is_number(value):
         raise ApiError(400, f"{name} must be a number", param=name)
     if not lo <= value <= hi:
-        raise ApiError(400, f"{name} must be between {lo:g} and {hi:g}, got {value:g}", param=name)
+        raise ApiError(400, f"{name} must be between {lo:g} and {hi:g}, got {value}", param=name)
     return float(value)
 
 

@@ -2,8 +2,8 @@
 
 A Model is not safe to call from two threads (one shared kernel thread pool and scratch buffers), so HTTP
 handler threads never touch it: they submit a Job and read the job's events. The worker takes one step
-(about one token) of every active generation in turn, so all streams progress together instead of
-waiting for each other; `max_active=1` turns that into a plain first-come queue, for comparison.
+(a token, or a chunk of a prompt) of every active generation in turn, so all streams progress together
+instead of waiting for each other; `max_active=1` turns that into a plain first-come queue, for comparison.
 """
 
 from __future__ import annotations
@@ -128,35 +128,43 @@ class Scheduler:
             job.events.put(ApiError(503, "the server is shutting down", type="server_error"))
 
     def _step(self, job: Job) -> bool:
-        """Advance one job by one piece; False once it has ended (its last event is queued)."""
-        if job.cancelled:
-            self._end(job)
-            return False
-        if time.monotonic() > job.deadline:
-            # A time limit is a length limit in OpenAI's terms: the text so far is returned as it is.
-            job.events.put(self._finished(job, "length"))
-            self._end(job)
-            return False
+        """Advance one job by one piece; False once it has ended (its last event is queued).
+
+        Nothing a job does may end the worker: every server request would then wait forever.
+        """
         try:
-            if job.generation is None:
-                request = job.request
-                job.generation = self.model.generate(request.prompt, cache=self.cache, **request.options)
-            piece = next(job.generation)
-        except StopIteration:
-            job.events.put(self._finished(job, job.generation.finish_reason))
-            return False
+            event = self._advance(job)
         except ValueError as err:  # a prompt the model refuses (no tokenizer, id out of range, ...)
-            job.events.put(ApiError(400, _one_line(err)))
-            self._end(job)
-            return False
+            event = ApiError(400, _one_line(err))
         except Exception as err:
             log.exception("generation failed")
-            job.events.put(ApiError(500, f"internal error: {type(err).__name__}: {_one_line(err)}",
-                                    type="server_error"))
-            self._end(job)
-            return False
-        job.events.put(piece)
-        return True
+            event = ApiError(500, f"internal error: {type(err).__name__}: {_one_line(err)}", type="server_error")
+        if event is None:
+            return True
+        job.events.put(event)
+        if isinstance(event, str):
+            return True
+        self._end(job)
+        return False
+
+    def _advance(self, job: Job) -> Event | None:
+        """The job's next event: a piece, or its last event; None while its prompt is still being fed."""
+        if job.cancelled:
+            return ApiError(499, "the client closed the request")  # nobody reads it: the handler has gone
+        if time.monotonic() > job.deadline:
+            # A time limit is a length limit in OpenAI's terms: the text so far is returned as it is.
+            return self._finished(job, "length")
+        if job.generation is None:
+            request = job.request
+            job.generation = self.model.generate(request.prompt, cache=self.cache, **request.options)
+        # A chunk of the prompt per turn: other streams go on, and a cancel or the time limit is seen.
+        if not job.generation.prefill():
+            return None
+        try:
+            piece: str = next(job.generation)
+            return piece
+        except StopIteration:
+            return self._finished(job, job.generation.finish_reason)
 
     def _finished(self, job: Job, finish_reason: str) -> Finished:
         gen = job.generation

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import json
+import logging
 import queue
 import select
 import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,8 +36,10 @@ from .openai_protocol import (
     chat_body,
     chat_chunk,
     completion_body,
+    encode_json,
     model_body,
     models_body,
+    new_request_id,
     parse_generation_request,
     parse_json_body,
     usage_body,
@@ -47,6 +48,8 @@ from .scheduler import Finished, Job, Scheduler
 
 if TYPE_CHECKING:
     from ..runtime.model import Model
+
+log = logging.getLogger(__name__)
 
 HELP = "serve a model over an OpenAI-compatible HTTP API"
 ENDPOINTS = {"/v1/completions": "completion", "/v1/chat/completions": "chat"}
@@ -109,6 +112,9 @@ class ApiServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver listens with a backlog of 5: a burst of clients beyond that has its connections dropped
+    # by the kernel and retried after seconds. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 1024
 
     def __init__(
         self, model: Model, *, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None,
@@ -116,7 +122,7 @@ class ApiServer(ThreadingHTTPServer):
         max_pending: int = 256, quiet: bool = False,
     ) -> None:
         limits = limits or Limits()
-        if limits.max_tokens < 1 or limits.max_body < 1 or not limits.timeout > 0 or cache_mib < 0:
+        if limits.max_tokens < 1 or limits.max_body < 1 or not limits.timeout > 0 or not 0 <= cache_mib < 2**40:
             raise ValueError("the max-tokens limit, body limit, timeout and cache size must be positive")
         cache = PrefixCache(max_bytes=int(cache_mib * 2**20)) if cache_mib > 0 else None
         self.model = model
@@ -161,6 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "rwkv-edge"
     _last_poll = 0.0  # time.monotonic() of the last disconnect check
     _chunked = True  # whether the streamed body goes out in HTTP/1.1 chunks
+    _streaming = False  # whether this request's response headers have gone out as a stream
 
     def log_message(self, format: str, *args: Any) -> None:
         if not self.server.quiet:
@@ -190,12 +197,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(self._post)
 
     def _dispatch(self, handler: Callable[[str], None]) -> None:
+        self._streaming = False
         try:
             handler(urlsplit(self.path).path)
         except ApiError as err:
             self._send_error(err)
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as err:  # a bug: still an OpenAI error for the client, and the server goes on
+            log.exception("request failed")
+            if self._streaming:  # the headers are gone: all that is left is to end the connection
+                self.close_connection = True
+            else:
+                self._send_error(ApiError(500, f"internal error: {type(err).__name__}", type="server_error"))
 
     def _get(self, path: str) -> None:
         if path == "/health":
@@ -247,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(event, ApiError):
                 raise event
         usage = usage_body(event.prompt_tokens, event.completion_tokens)
-        request_id, created, text = _request_id(request), int(time.time()), "".join(pieces)
+        request_id, created, text = new_request_id(request.kind), int(time.time()), "".join(pieces)
         if request.kind == "chat":
             body = chat_body(request_id, created, request.model, text, event.finish_reason, usage)
         else:
@@ -255,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, body)
 
     def _stream(self, job: Job, request: GenerationRequest, event: str | Finished) -> None:
+        self._streaming = True
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -266,7 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.send_header("Connection", "close")
         self.end_headers()
-        request_id, created, model, chat = _request_id(request), int(time.time()), request.model, request.kind == "chat"
+        request_id, created, model = new_request_id(request.kind), int(time.time()), request.model
+        chat = request.kind == "chat"
         shaper = ReplyText()
         if chat:
             self._send_event(chat_chunk(request_id, created, model, {"role": "assistant", "content": ""}, None))
@@ -304,22 +320,13 @@ class _Handler(BaseHTTPRequestHandler):
             # Checked on a clock, not only when idle: a fast non-streamed reply never leaves the queue empty.
             if now - self._last_poll >= POLL_SECONDS:
                 self._last_poll = now
-                if self._client_gone():
+                if peer_closed(self.connection):
                     job.cancel()
                     raise ConnectionResetError("the client disconnected")
             try:
                 return job.events.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 pass
-
-    def _client_gone(self) -> bool:
-        """True once the peer has closed: the socket reads as end-of-file without blocking."""
-        sock = self.connection
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
 
     def _authorize(self) -> None:
         key = self.server.api_key
@@ -337,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "a Content-Length header is required")
-        if not length.strip().isdigit():
+        if not (length.strip().isascii() and length.strip().isdigit()):  # isdigit() alone takes "²"
             raise ApiError(400, f"bad Content-Length {length!r}")
         n = int(length)
         limit = self.server.limits.max_body
@@ -360,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        data = encode_json(body)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -372,7 +379,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_event(self, body: dict[str, Any]) -> None:
-        self._send_chunk(b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n")
+        self._send_chunk(b"data: " + encode_json(body) + b"\n\n")
 
     def _send_chunk(self, data: bytes) -> None:
         """One piece of a chunked body (b"" ends it); raises BrokenPipeError once the client has gone."""
@@ -382,5 +389,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
-def _request_id(request: GenerationRequest) -> str:
-    return ("chatcmpl-" if request.kind == "chat" else "cmpl-") + uuid.uuid4().hex
+def peer_closed(sock: socket.socket) -> bool:
+    """True once the peer has closed: the socket reads as end-of-file without blocking."""
+    try:
+        if hasattr(select, "poll"):  # select.select() refuses descriptors from 1024 on (FD_SETSIZE)
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            readable = bool(poller.poll(0))
+        else:
+            readable = bool(select.select([sock], [], [], 0)[0])
+        return readable and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
