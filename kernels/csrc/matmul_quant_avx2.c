@@ -29,6 +29,10 @@ static inline int64_t block_bytes(const int kind) {
 /* the weight bytes are signed (q8_0's qs, iq4_nl's codebook values), not unsigned quants */
 static inline int is_signed(const int kind) { return kind == KIND_Q8_0 || kind == KIND_IQ4_NL; }
 
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 384
+#endif
+
 static inline int has_min(const int kind) { return kind == KIND_Q4_1 || kind == KIND_Q5_1; }
 
 /* 16 bytes of nibbles -> 32 bytes in 0..15: element j is the low nibble of byte j and element
@@ -120,6 +124,9 @@ static inline __attribute__((always_inline)) void tile(const int kind, const uin
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const uint8_t *blk = w + r * row_bytes + b * bsize;
+            /* a few blocks ahead in each row: the hardware prefetcher alone leaves decode at
+             * half the memory bandwidth (measured on a 53 MB head matrix) */
+            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
             wq[r] = unpack(kind, blk);
             dw[r] = broadcast_fp16(load_u16(blk));
             if (has_min(kind)) mw[r] = _cvtsh_ss(load_u16(blk + 2));
