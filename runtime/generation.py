@@ -93,6 +93,7 @@ class Generation(Iterator[str]):
         self._tokens: list[int] = []
         self._pieces: list[str] = []
         self._closed = False
+        self._boundaries: list[int] = []  # prompt lengths to cache a checkpoint at (see message_ends)
         self.finish_reason: str | None = None
 
     @property
@@ -134,7 +135,7 @@ class Generation(Iterator[str]):
         model, ids, cache, state = self._model, self._prompt, self._cache, self._state
         assert state is not None
         n, begin = len(ids), self._fed
-        end = min(begin + _chunk_len(), n)
+        end = min(begin + _chunk_len(), n, *(b for b in self._boundaries if b > begin))
         logits, _ = model.forward(ids[begin:end], state, out=state)
         self._fed = end
         if end < n:
@@ -223,6 +224,8 @@ class Generation(Iterator[str]):
                 return length < n and (split_free or length % chunk == 0)
 
             hit = cache.lookup(self._namespace, ids, usable)
+            if split_free and cache.checkpoints:
+                self._boundaries = message_ends(model, ids)
         if hit is not None:
             self._state, self._fed = hit.state, hit.length
             if hit.length == n:
@@ -232,6 +235,22 @@ class Generation(Iterator[str]):
             self._state = self._initial.copy() if self._initial is not None else model.new_state()
         self._state.fingerprint = model.fingerprint  # whatever state it started from, it now belongs to this model
         return False
+
+
+def message_ends(model: Model, ids: Sequence[int]) -> list[int]:
+    """Prompt lengths just after a token ending in a blank line ("\\n\\n" ends every message of the RWKV chat
+    format), before the last token: cache checkpoints there let a conversation that shares its system prompt
+    or earlier turns, but not what follows, resume after the shared messages."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        return []
+    ends, previous = [], b""
+    for i, t in enumerate(ids[:-1]):
+        data = tokenizer.decode_bytes([t])
+        if (previous + data).endswith(b"\n\n"):  # a "\n\n" token, or two "\n" tokens of a byte vocabulary
+            ends.append(i + 1)
+        previous = data[-1:] if data else previous
+    return ends
 
 
 def _chunk_len() -> int:

@@ -190,3 +190,19 @@ def test_prefill_feeds_a_chunk_at_a_time_and_changes_nothing(model, text):
     assert calls == [CHUNK, CHUNK, 40 - 2 * CHUNK]  # and nothing more once the prompt is in
     whole = model.complete(text[:40], max_tokens=5, seed=3)
     assert "".join(gen) == whole.text and tuple(gen.tokens) == whole.tokens and gen.state == whole.state
+
+
+def test_a_shared_system_message_is_reused_by_a_different_question(text):
+    """Checkpoints after each blank line: two conversations sharing only their first message resume after it."""
+    model = rwkv_edge.Model.load(fixture_path(*MODEL), native=True)
+    system = list(b"System: be brief.\n\n")
+    first = system + list(b"User: hi\n\nAssistant:")
+    second = system + list(b"User: who are you?\n\nAssistant:")
+    cache = PrefixCache()
+    model.complete(first, max_tokens=0, cache=cache)
+    hit = cache.lookup(cache_namespace(model, None), second)
+    assert hit is not None and hit.length == len(system)
+    warm = model.complete(second, max_tokens=5, seed=6, cache=cache)
+    cold = model.complete(second, max_tokens=5, seed=6)
+    assert warm.tokens == cold.tokens and warm.state == cold.state
+    assert np.array_equal(model.forward(second[len(system):], hit.state)[0], model.forward(second)[0])
