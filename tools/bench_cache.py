@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load(args[0])
     n_vocab = min(model.spec.n_vocab, 65529)
     rng = np.random.RandomState(1234)
-    system = [int(t) for t in rng.randint(1, n_vocab, 499)] + [WORLD_BLANK_LINE]
+    blank_line = [10, 10] if model.spec.n_vocab == 256 else [WORLD_BLANK_LINE]  # byte vocabulary: two "\n"
+    system = [int(t) for t in rng.randint(1, n_vocab, 500 - len(blank_line))] + blank_line
     q1, q2 = ([int(t) for t in rng.randint(1, n_vocab, 20)] for _ in range(2))
     cache = PrefixCache(max_bytes=64 << 20)
     model.complete(system + q1, max_tokens=1)  # warm-up: page in the weights
