@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .float_types import to_bf16, to_f16
 from .codebooks import CODEBOOKS, pack, search_scales
+from .float_types import to_bf16, to_f16
 from .ggml_types import BLOCK_SIZES, IQ4_NL_VALUES, GGMLType, row_nbytes, tensor_nbytes
 
 QK = 32  # elements per block of every legacy quant type

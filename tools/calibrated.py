@@ -32,6 +32,7 @@ BASE = GGMLType.IQ4_NL
 # The last Linear of each half reads what the half's other Linears computed: quantized after them.
 _SECOND_STAGE = ("att.output.weight", "ffn.value.weight")
 MIN_TOKENS = 64
+_RATIO_ROWS = 256
 
 Say = Callable[[str], None]
 
@@ -93,17 +94,17 @@ def calibrated_matrices(
     """Round the matrices `names` of `model` (as stored: F32, F16 or quantized) with the calibrated mode."""
     say = say or (lambda _msg: None)
     check_options(options)
-    weights = {n: np.asarray(model.checkpoint.tensors[n].to_f32(), dtype=np.float32) for n in names}
-    sizes = {n: w.size for n, w in weights.items()}
+    sizes = {n: int(np.prod(model.checkpoint.tensors[n].shape)) for n in names}
     sensitivity: dict[str, float] = {}
     types = {n: BASE for n in names}
     if options.budget_bpw > bits_per_weight(BASE) and options.upgrade != BASE:
-        sensitivity, gains = _upgrade_gains(model, ids[: options.sensitivity_tokens], weights, options, say)
+        sensitivity, gains = _upgrade_gains(model, ids[: options.sensitivity_tokens], names, options, say)
         types = allocate_types(sizes, gains, base=BASE, budget_bpw=options.budget_bpw)
-    upgraded = sorted(n for n, t in types.items() if t != BASE)
+    upgraded = [n for n in names if types[n] != BASE]
+    shown = ", ".join(upgraded[:6]) + (", ..." if len(upgraded) > 6 else "")
     say(f"types: {BASE.name} x{len(names) - len(upgraded)}, {options.upgrade.name} x{len(upgraded)}"
-        + (f" ({', '.join(upgraded)})" if upgraded else ""))
-    out = _round_all(model, ids, names, weights, types, options, say)
+        + (f" ({shown})" if upgraded else ""))
+    out = _round_all(model, ids, names, types, options, say)
     return Calibrated(out, sensitivity, mean_bpw(sizes, types))
 
 
@@ -134,29 +135,38 @@ def convert_calibrated(
     return written, result
 
 
+def _weights(model: Model, name: str) -> np.ndarray:
+    """(rows, cols) float32, decoded when needed: all of a large model's matrices at once would not fit."""
+    return np.asarray(model.checkpoint.tensors[name].to_f32(), dtype=np.float32)
+
+
 def _upgrade_gains(
-    model: Model, ids: np.ndarray, weights: dict[str, np.ndarray], options: Options, say: Say
+    model: Model, ids: np.ndarray, names: Sequence[str], options: Options, say: Say
 ) -> tuple[dict[str, float], dict[str, dict[GGMLType, float]]]:
     """Per matrix: the KL of it alone at plain IQ4_NL, and the KL an upgrade is expected to save.
 
-    The saving is that KL times the share of the (input-weighted) rounding error the upgrade removes.
+    The saving is that KL times the share of the (input-weighted) rounding error the upgrade removes,
+    a ratio that the first _RATIO_ROWS rows estimate well enough.
     """
     say(f"measuring each matrix's sensitivity on {len(ids)} tokens")
     imatrix = _imatrix(model, ids)
     candidates, ratio = {}, {}
-    for n, w in weights.items():
+    for n in names:
+        w = _weights(model, n)  # (rows, cols)
         d, codes = round_tensor(w, imatrix[n])
-        d_up, codes_up = round_tensor(w, imatrix[n], qtype=options.upgrade)
-        err_base = float(np.sum((w - values(BASE, d, codes)) ** 2 * imatrix[n]))
-        err_up = float(np.sum((w - values(options.upgrade, d_up, codes_up)) ** 2 * imatrix[n]))
+        rows = w[:_RATIO_ROWS]
+        d_up, codes_up = round_tensor(rows, imatrix[n], qtype=options.upgrade)
+        err_base = float(np.sum((rows - values(BASE, d[:_RATIO_ROWS], codes[:_RATIO_ROWS])) ** 2 * imatrix[n]))
+        err_up = float(np.sum((rows - values(options.upgrade, d_up, codes_up)) ** 2 * imatrix[n]))
         ratio[n] = err_up / err_base if err_base > 0 else 1.0
         candidates[n] = RawTensor(BASE, w.shape, pack(BASE, d, codes))
+
     def progress(k: int, total: int) -> None:
         if k == total or k % max(1, total // 10) == 0:  # about ten lines
             say(f"sensitivity {k}/{total}")
 
     kl = cal.single_tensor_kl(model, ids, candidates, progress=progress)
-    gains = {n: {options.upgrade: kl[n] * (1.0 - ratio[n])} for n in weights}
+    gains = {n: {options.upgrade: kl[n] * (1.0 - ratio[n])} for n in names}
     return kl, gains
 
 
@@ -177,7 +187,6 @@ def _round_all(
     model: Model,
     ids: np.ndarray,
     names: Sequence[str],
-    weights: dict[str, np.ndarray],
     types: dict[str, GGMLType],
     options: Options,
     say: Say,
@@ -195,15 +204,15 @@ def _round_all(
         if cur is None:
             moments = cal.half_moments(ref, names=group, advance_ref=True)
             for n in group:
-                out[n] = _round(weights[n], moments[n], types[n])
+                out[n] = _round(_weights(model, n), moments[n], types[n])
             continue
         stages = [[n for n in group if not n.endswith(_SECOND_STAGE)], [n for n in group if n.endswith(_SECOND_STAGE)]]
         for stage in (s for s in stages if s):
             moments = cal.half_moments(ref, cur, stage)
             done = {}
             for n in stage:
-                out[n] = _round(weights[n], moments[n], types[n])
-                done[n] = RawTensor(types[n], weights[n].shape, out[n][1])
+                out[n] = _round(_weights(model, n), moments[n], types[n])
+                done[n] = RawTensor(types[n], model.checkpoint.tensors[n].shape, out[n][1])
             cur.model = cal.with_tensors(cur.model, done)
         cal.advance(cur)
         cal.advance(ref)
