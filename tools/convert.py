@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"IQ4_CAL: mean bits per weight of the matrices (default {calibrated.Options.budget_bpw})")
     p.add_argument("--calibration-tokens", type=int, default=None,
                    help=f"IQ4_CAL: tokens of calibration text used (default {calibrated.Options.calibration_tokens})")
+    p.add_argument("--sensitivity-tokens", type=int, default=None,
+                   help="IQ4_CAL: tokens over which each matrix's cost is measured "
+                        f"(default {calibrated.Options.sensitivity_tokens})")
     p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=None,
                    help="IQ4_CAL: calibrate each layer on the output of the quantized layers below "
                         f"(default {'on' if calibrated.Options.sequential else 'off'})")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     mode = args.type.upper() == calibrated.MODE
     emb = parse_type(args.emb_type) if args.emb_type else None
     head = parse_type(args.head_type) if args.head_type else None
-    given = [f for f in ("calibration", "bpw", "calibration_tokens", "sequential") if getattr(args, f) is not None]
+    given = [f for f in ("calibration", "bpw", "calibration_tokens", "sensitivity_tokens", "sequential")
+             if getattr(args, f) is not None]
     if given and not mode:
         raise ValueError(f"--{given[0].replace('_', '-')} applies to --type {calibrated.MODE} only")
     start = time.perf_counter()
@@ -92,7 +96,8 @@ def _run_calibrated(
     if args.calibration is not None:
         with open(args.calibration, encoding="utf-8") as f:
             text = f.read()
-    given = {"budget_bpw": args.bpw, "calibration_tokens": args.calibration_tokens, "sequential": args.sequential}
+    given = {"budget_bpw": args.bpw, "calibration_tokens": args.calibration_tokens,
+             "sensitivity_tokens": args.sensitivity_tokens, "sequential": args.sequential}
     options = calibrated.Options(**{k: v for k, v in given.items() if v is not None})
 
     def say(message: str) -> None:
