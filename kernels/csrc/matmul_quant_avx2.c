@@ -38,8 +38,10 @@ static inline int has_min(const int kind) { return kind == KIND_Q4_1 || kind == 
 /* 16 bytes of nibbles -> 32 bytes in 0..15: element j is the low nibble of byte j and element
  * j + 16 its high nibble, so the shifted copy is simply the upper half */
 static inline __m256i unpack_nibbles(const uint8_t *qs) {
-    const __m128i packed = _mm_loadu_si128((const __m128i *)qs);
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    /* the 16 bytes in both halves, the upper half shifted right by 4 (a variable shift, not an
+     * insert: the shuffle port is the busy one) */
+    const __m256i packed = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i both = _mm256_srlv_epi64(packed, _mm256_set_epi64x(4, 4, 0, 0));
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
@@ -156,18 +158,74 @@ static inline __attribute__((always_inline)) void tile(const int kind, const uin
     }
 }
 
-/* decode: 4 rows share each activation block */
+/* Decode: rows [0, nr) of w against one token. A tile's rows are consecutive, so it reads one
+ * region of memory; meanwhile it prefetches, in address order, the region NEXT_TILE_DISTANCE
+ * bytes past the start of the next tile (nr * bsize bytes per block step, the pace at which
+ * this tile consumes its own). Per-row prefetching a few blocks ahead, as ggml does, left one
+ * thread at half the probe's bandwidth on 2048-column rows: the rows are short, so most of
+ * those prefetches hit lines already on their way, and the next tile's lines were never asked
+ * for early. Each row's block is finished before the next row's is unpacked: fewer live
+ * registers than the prompt tile (no spills). */
+#ifndef NEXT_TILE_DISTANCE
+#define NEXT_TILE_DISTANCE 2048
+#endif
+static inline __attribute__((always_inline)) void decode_tile(const int kind, const uint8_t *w,
+                                                              const rke_block_q8x *x, float *y,
+                                                              int64_t nb, int64_t row_bytes,
+                                                              const int nr, const uint8_t *next,
+                                                              const uint8_t *end) {
+    const int64_t bsize = block_bytes(kind), step = nr * bsize;
+    __m256 acc[4];
+    float accm[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        acc[r] = _mm256_setzero_ps();
+        accm[r] = 0.0f;
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *ahead = next + NEXT_TILE_DISTANCE + b * step;
+        if (ahead < end) {
+            /* step <= 4 * 34 bytes: three lines cover it wherever it starts */
+            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
+            _mm_prefetch((const char *)ahead + 64, _MM_HINT_T0);
+            if (step > 128) _mm_prefetch((const char *)ahead + 128, _MM_HINT_T0);
+        }
+        const rke_block_q8x *xb = x + b;
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
+        const __m256i offset = offset_pairs(kind, xv);
+        const __m256 dx = _mm256_set1_ps(xb->d);
+        const float sdx = xb->d * (float)xb->s;
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *blk = w + r * row_bytes + b * bsize;
+            const __m256 dw = _mm256_broadcast_ss(&rke_fp16_table[load_u16(blk)]);
+            const __m256 term = _mm256_mul_ps(lanes(kind, unpack(kind, blk), xv, offset),
+                                              _mm256_mul_ps(dw, dx));
+            acc[r] = _mm256_add_ps(acc[r], term);
+            if (has_min(kind)) accm[r] = accm[r] + rke_fp16_table[load_u16(blk + 2)] * sdx;
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++) {
+        y[r] = has_min(kind) ? hsum8(acc[r]) + accm[r] : hsum8(acc[r]);
+    }
+}
+
+/* decode: 4 rows share each activation block; prefetches stay inside [row_begin, row_end) */
 static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_cols, int64_t row_begin,
                                                          int64_t row_end) {
     const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
-    const uint8_t *wb = (const uint8_t *)w;
+    const uint8_t *wb = (const uint8_t *)w, *end = wb + row_end * row_bytes;
     int64_t r = row_begin;
     for (; r + 4 <= row_end; r += 4) {
-        tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, 4, 1);
+        decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 4,
+                    wb + (r + 4) * row_bytes, end);
     }
-    for (; r < row_end; r++) tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, 1, 1);
+    for (; r < row_end; r++) {
+        decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, end, end);
+    }
 }
 
 /* prompts: 2 rows x 4 tokens per tile (the unpacked weights are reused 4 times, each

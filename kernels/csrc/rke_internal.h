@@ -59,6 +59,9 @@ static inline float rke_fp16_to_f32(uint16_t h) {
     return rke_f32_from_bits(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
+/* rke_fp16_to_f32 of every half, filled when the library loads (fp16_table.c). */
+extern float rke_fp16_table[65536];
+
 /* bf16 is the upper half of a float32. */
 static inline float rke_bf16_to_f32(uint16_t h) { return rke_f32_from_bits((uint32_t)h << 16); }
 
