@@ -2,8 +2,9 @@
  * activations with AVX2, much as ggml does it: unpack a block to 32 bytes (one AND and one shift
  * for the nibbles, then for iq4_nl one byte shuffle that looks the codes up in its 16-value
  * codebook), multiply-add bytes to int16 pairs and int32 lanes (maddubs, with the sign trick for
- * the signed q8_0 and iq4_nl bytes), then one float multiply and add per block. The lanes and their order are those
- * of rke_internal.h, so the bits equal the scalar file's. */
+ * the signed q8_0 and iq4_nl bytes), then one float multiply and add per block, the block's fp16
+ * scale looked up in rke_fp16_table. The lanes and their order are those of rke_internal.h, so
+ * the bits equal the scalar file's. */
 /* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
  * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
 #if defined(__x86_64__) || defined(__i386__)
@@ -28,10 +29,6 @@ static inline int64_t block_bytes(const int kind) {
 
 /* the weight bytes are signed (q8_0's qs, iq4_nl's codebook values), not unsigned quants */
 static inline int is_signed(const int kind) { return kind == KIND_Q8_0 || kind == KIND_IQ4_NL; }
-
-#ifndef PREFETCH_BYTES
-#define PREFETCH_BYTES 384
-#endif
 
 static inline int has_min(const int kind) { return kind == KIND_Q4_1 || kind == KIND_Q5_1; }
 
@@ -99,63 +96,6 @@ static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset)
         pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), offset);
     }
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-}
-
-/* Outputs y[t * y_stride + r] for nr rows of blocks (stride row_bytes) and nt tokens of q8x
- * blocks (stride nb). */
-static inline __attribute__((always_inline)) void tile(const int kind, const uint8_t *w,
-                                                       const rke_block_q8x *x, float *y,
-                                                       int64_t nb, int64_t row_bytes,
-                                                       int64_t y_stride, const int nr,
-                                                       const int nt) {
-    const int64_t bsize = block_bytes(kind);
-    __m256 acc[4][4];
-    float accm[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) {
-            acc[r][t] = _mm256_setzero_ps();
-            accm[r][t] = 0.0f;
-        }
-    }
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i wq[4];
-        __m256 dw[4];
-        float mw[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *blk = w + r * row_bytes + b * bsize;
-            /* a few blocks ahead in each row: the hardware prefetcher alone leaves decode at
-             * half the memory bandwidth (measured on a 53 MB head matrix) */
-            _mm_prefetch((const char *)(blk + PREFETCH_BYTES), _MM_HINT_T0);
-            wq[r] = unpack(kind, blk);
-            dw[r] = broadcast_fp16(load_u16(blk));
-            if (has_min(kind)) mw[r] = _cvtsh_ss(load_u16(blk + 2));
-        }
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) {
-            const rke_block_q8x *xb = x + t * nb + b;
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
-            const __m256i offset = offset_pairs(kind, xv);
-            const __m256 dx = _mm256_set1_ps(xb->d);
-            const float sdx = xb->d * (float)xb->s;
-#pragma GCC unroll 4
-            for (int r = 0; r < nr; r++) {
-                const __m256 scale = _mm256_mul_ps(dw[r], dx);
-                const __m256 term = _mm256_mul_ps(lanes(kind, wq[r], xv, offset), scale);
-                acc[r][t] = _mm256_add_ps(acc[r][t], term);
-                if (has_min(kind)) accm[r][t] = accm[r][t] + mw[r] * sdx;
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) {
-            y[t * y_stride + r] = has_min(kind) ? hsum8(acc[r][t]) + accm[r][t] : hsum8(acc[r][t]);
-        }
-    }
 }
 
 /* Decode: rows [0, nr) of w against one token. A tile's rows are consecutive, so it reads one
@@ -228,9 +168,76 @@ static inline __attribute__((always_inline)) void matvec(const int kind, const v
     }
 }
 
-/* prompts: 2 rows x 4 tokens per tile (the unpacked weights are reused 4 times, each
- * activation block twice); tokens in blocks so their activations stay in cache across rows */
-#define TOKEN_BLOCK 64
+/* lane k of s (k in 0..3) in all eight lanes; s holds the same four values in both halves */
+static inline __m256 splat(__m256 s, const int k) {
+    switch (k) {
+    case 0: return _mm256_permute_ps(s, 0x00);
+    case 1: return _mm256_permute_ps(s, 0x55);
+    case 2: return _mm256_permute_ps(s, 0xAA);
+    default: return _mm256_permute_ps(s, 0xFF);
+    }
+}
+
+/* Prompts: outputs y[t * y_stride + r] for nr rows and 4 tokens. dx4[4 b + t] is token t's
+ * activation scale for block b, so one multiply gives a row's four scales dw * dx, and a shuffle
+ * (on the port the integer work leaves idle) hands each product its own: the same products as
+ * the decode tile's, bit for bit, with a quarter of the multiplies. */
+static inline __attribute__((always_inline)) void tile4(const int kind, const uint8_t *w,
+                                                        const rke_block_q8x *x,
+                                                        const float *dx4, float *y, int64_t nb,
+                                                        int64_t row_bytes, int64_t y_stride,
+                                                        const int nr) {
+    const int64_t bsize = block_bytes(kind);
+    __m256 acc[2][4];
+    float accm[2][4];
+#pragma GCC unroll 2
+    for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            acc[r][t] = _mm256_setzero_ps();
+            accm[r][t] = 0.0f;
+        }
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wq[2];
+        __m256 scales[2];
+        float mw[2];
+        const __m256 dx = _mm256_broadcast_ps((const __m128 *)(dx4 + 4 * b));
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *blk = w + r * row_bytes + b * bsize;
+            wq[r] = unpack(kind, blk);
+            scales[r] = _mm256_mul_ps(_mm256_broadcast_ss(&rke_fp16_table[load_u16(blk)]), dx);
+            if (has_min(kind)) mw[r] = rke_fp16_table[load_u16(blk + 2)];
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            const rke_block_q8x *xb = x + t * nb + b;
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
+            const __m256i offset = offset_pairs(kind, xv);
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++) {
+                const __m256 term = _mm256_mul_ps(lanes(kind, wq[r], xv, offset),
+                                                  splat(scales[r], t));
+                acc[r][t] = _mm256_add_ps(acc[r][t], term);
+                if (has_min(kind)) accm[r][t] = accm[r][t] + mw[r] * (xb->d * (float)xb->s);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; t++) {
+            y[t * y_stride + r] = has_min(kind) ? hsum8(acc[r][t]) + accm[r][t] : hsum8(acc[r][t]);
+        }
+    }
+}
+
+/* Prompts: tokens in groups of 4, each group against all rows of [row_begin, row_end) (a
+ * pool chunk, small enough to stay in L2 across the groups), 2 rows per tile; leftover tokens
+ * take the decode tile. The group's scales go to the stack first: up to MAX_GROUP_BLOCKS
+ * blocks (16384 columns), beyond which the tile goes without the shared scales. */
+#define MAX_GROUP_BLOCKS 512
 static inline __attribute__((always_inline)) void matmul(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_tokens, int64_t n_rows,
@@ -238,28 +245,31 @@ static inline __attribute__((always_inline)) void matmul(const int kind, const v
                                                          int64_t row_end) {
     const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
     const uint8_t *wb = (const uint8_t *)w;
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += TOKEN_BLOCK) {
-        const int64_t t1 = t0 + TOKEN_BLOCK < n_tokens ? t0 + TOKEN_BLOCK : n_tokens;
-        for (int64_t r = row_begin; r < row_end;) {
-            const uint8_t *wr = wb + r * row_bytes;
-            int64_t t = t0;
-            if (r + 2 <= row_end) {
-                for (; t + 4 <= t1; t += 4) {
-                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 2, 4);
-                }
-                for (; t < t1; t++) {
-                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 2, 1);
-                }
-                r += 2;
-            } else {
-                for (; t + 4 <= t1; t += 4) {
-                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 1, 4);
-                }
-                for (; t < t1; t++) {
-                    tile(kind, wr, x + t * nb, y + t * n_rows + r, nb, row_bytes, n_rows, 1, 1);
-                }
-                r += 1;
-            }
+    float dx4[4 * MAX_GROUP_BLOCKS];
+    int64_t t = 0;
+    for (; nb <= MAX_GROUP_BLOCKS && t + 4 <= n_tokens; t += 4) {
+        for (int64_t b = 0; b < nb; b++) {
+            for (int k = 0; k < 4; k++) dx4[4 * b + k] = x[(t + k) * nb + b].d;
+        }
+        int64_t r = row_begin;
+        for (; r + 2 <= row_end; r += 2) {
+            tile4(kind, wb + r * row_bytes, x + t * nb, dx4, y + t * n_rows + r, nb, row_bytes,
+                  n_rows, 2);
+        }
+        if (r < row_end) {
+            tile4(kind, wb + r * row_bytes, x + t * nb, dx4, y + t * n_rows + r, nb, row_bytes,
+                  n_rows, 1);
+        }
+    }
+    for (; t < n_tokens; t++) {
+        float *yt = y + t * n_rows;
+        const uint8_t *end = wb + row_end * row_bytes;
+        int64_t r = row_begin;
+        for (; r + 4 <= row_end; r += 4) {
+            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 4, end, end);
+        }
+        for (; r < row_end; r++) {
+            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 1, end, end);
         }
     }
 }
