@@ -1,6 +1,6 @@
 /* Steps every RWKV version's forward pass shares: matrix products through the kernel dispatch,
  * LayerNorm and GroupNorm, per-head tasks across the pool, the embedding
- * lookup with ln0, and the receptance-gated ChannelMix of v4-v6. */
+ * lookup with ln0, the receptance-gated ChannelMix of v4-v6 and the loop over the layers. */
 #include "rke_model_internal.h"
 
 int rke_linear(const rke_run *run, const rke_matrix *W, const float *x, float *y) {
@@ -187,5 +187,23 @@ int rke_run_channel_mix(const rke_run *run, const rke_channel_mix *cm, const flo
     rc = rke_linear(run, &cm->value, h, xk);
     if (rc != RKE_OK) return rc;
     for (int64_t i = 0; i < T * C; i++) x[i] = x[i] + rke_sigmoid(r[i]) * xk[i];
+    return RKE_OK;
+}
+
+int rke_run_layers(const rke_run *run, float *state, float *x, rke_layer_step time_mix,
+                   void *tm_bufs, rke_layer_step channel_mix, void *cm_bufs) {
+    const rke_model *m = run->m;
+    const int64_t C = m->n_embd, per_layer = rke_state_floats(m);
+    for (int64_t i = 0; i < m->n_layer; i++) {
+        float *st = state + i * per_layer;
+        int rc = time_mix(run, i, st, x, tm_bufs);
+        /* every version's state row keeps the ChannelMix x_prev second (runtime/state.py) */
+        if (rc == RKE_OK) rc = channel_mix(run, i, st + C, x, cm_bufs);
+        if (rc != RKE_OK) return rc;
+        /* such files divide layer i's output weights by 2^(i / rescale_every); x follows */
+        if (m->rescale_every && (i + 1) % m->rescale_every == 0) {
+            for (int64_t j = 0; j < run->T * C; j++) x[j] = x[j] * 0.5f;
+        }
+    }
     return RKE_OK;
 }

@@ -17,12 +17,14 @@
 
 #if RKE_X86
 
-/* acc's lanes plus the products a[j] * b[j] of the tail j in [j, n) */
-static inline float finish(__m256 acc, const float *a, const float *b, int64_t j, int64_t n) {
+/* acc's lanes plus the products a[j] * b[j] (times c[j] unless c is NULL) of the tail j in
+ * [j, n), each into lane j % 8 as the scalar loops add them */
+static inline float finish(__m256 acc, const float *a, const float *b, const float *c, int64_t j,
+                           int64_t n) {
     if (j == n) return hsum8(acc);
     float lanes[8];
     _mm256_storeu_ps(lanes, acc);
-    for (; j < n; j++) lanes[j & 7] = lanes[j & 7] + a[j] * b[j];
+    for (; j < n; j++) lanes[j & 7] = lanes[j & 7] + (c ? (a[j] * b[j]) * c[j] : a[j] * b[j]);
     return rke_hsum8(lanes);
 }
 
@@ -32,7 +34,7 @@ static float dot_avx2(const float *a, const float *b, int64_t n) {
     for (; i + 8 <= n; i += 8) {
         acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
     }
-    return finish(acc, a, b, i, n);
+    return finish(acc, a, b, NULL, i, n);
 }
 
 static void wkv5_avx2(float *S, const float *r, const float *k, const float *v, const float *w,
@@ -47,15 +49,7 @@ static void wkv5_avx2(float *S, const float *r, const float *k, const float *v, 
             const __m256 ru = _mm256_mul_ps(_mm256_loadu_ps(rt + j), _mm256_loadu_ps(u + j));
             bacc = _mm256_add_ps(bacc, _mm256_mul_ps(ru, _mm256_loadu_ps(kt + j)));
         }
-        float bonus;
-        if (NV == N) {
-            bonus = hsum8(bacc);
-        } else {
-            float lanes[8];
-            _mm256_storeu_ps(lanes, bacc);
-            for (int64_t j = NV; j < N; j++) lanes[j & 7] = lanes[j & 7] + (rt[j] * u[j]) * kt[j];
-            bonus = rke_hsum8(lanes);
-        }
+        const float bonus = finish(bacc, rt, u, kt, NV, N);
         for (int64_t i = 0; i < N; i++) {
             float *Si = S + i * N;
             const float vi = vt[i];
@@ -68,18 +62,9 @@ static void wkv5_avx2(float *S, const float *r, const float *k, const float *v, 
                 const __m256 kv = _mm256_mul_ps(vv, _mm256_loadu_ps(kt + j));
                 _mm256_storeu_ps(Si + j, _mm256_add_ps(_mm256_mul_ps(s, _mm256_loadu_ps(wt + j)), kv));
             }
-            float yi;
-            if (j == N) {
-                yi = hsum8(acc);
-            } else {
-                float lanes[8];
-                _mm256_storeu_ps(lanes, acc);
-                for (; j < N; j++) {
-                    lanes[j & 7] = lanes[j & 7] + Si[j] * rt[j];
-                    Si[j] = Si[j] * wt[j] + vi * kt[j];
-                }
-                yi = rke_hsum8(lanes);
-            }
+            /* the tail's S . r reads S before its update, as in ops_scalar.c */
+            const float yi = finish(acc, Si, rt, NULL, NV, N);
+            for (; j < N; j++) Si[j] = Si[j] * wt[j] + vi * kt[j];
             y[t * stride + i] = yi + bonus * vi;
         }
     }
@@ -108,19 +93,9 @@ static void wkv7_avx2(float *S, const float *r, const float *w, const float *k, 
                 _mm256_storeu_ps(Si + j, s);
                 acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_loadu_ps(rt + j)));
             }
-            float yi;
-            if (j == N) {
-                yi = hsum8(acc);
-            } else {
-                float lanes[8];
-                _mm256_storeu_ps(lanes, acc);
-                for (; j < N; j++) {
-                    Si[j] = Si[j] * wt[j] + (sa * bt[j] + vi * kt[j]);
-                    lanes[j & 7] = lanes[j & 7] + Si[j] * rt[j];
-                }
-                yi = rke_hsum8(lanes);
-            }
-            y[t * stride + i] = yi;
+            for (; j < N; j++) Si[j] = Si[j] * wt[j] + (sa * bt[j] + vi * kt[j]);
+            /* the tail's S . r reads S after its update, as in ops_scalar.c */
+            y[t * stride + i] = finish(acc, Si, rt, NULL, NV, N);
         }
     }
 }

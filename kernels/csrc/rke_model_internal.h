@@ -115,6 +115,16 @@ int64_t rke_channel_mix_scratch(const rke_model *m, int64_t T);
 int rke_run_channel_mix(const rke_run *run, const rke_channel_mix *cm, const float *ln2_w,
                     const float *ln2_b, float *x_prev, float *x, float *scratch);
 
+/* One half of layer `layer` over x (T, C) in place: its TimeMix, given the layer's state row,
+ * or its ChannelMix, given that row's ChannelMix x_prev (C). bufs: the scratch it laid out. */
+typedef int (*rke_layer_step)(const rke_run *run, int64_t layer, float *state, float *x,
+                              void *bufs);
+
+/* Every version's layer stack: per layer time_mix, then channel_mix, then the rescale_every
+ * halving. Each step gets its own bufs (they may overlap: the steps never run at once). */
+int rke_run_layers(const rke_run *run, float *state, float *x, rke_layer_step time_mix,
+                   void *tm_bufs, rke_layer_step channel_mix, void *cm_bufs);
+
 /* Floats per layer of the state (runtime/state.py). */
 static inline int64_t rke_state_floats(const rke_model *m) {
     if (m->version == 4) return 5 * m->n_embd;

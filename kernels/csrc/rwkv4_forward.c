@@ -57,9 +57,10 @@ static void wkv_group(const void *ctx, int64_t group) {
     }
 }
 
-static int time_mix(const rke_run *run, const rke_rwkv4_layer *L, float *state, float *x,
-                    const buffers4 *B) {
+static int time_mix(const rke_run *run, int64_t layer, float *state, float *x, void *bufs) {
     const rke_model *m = run->m;
+    const rke_rwkv4_layer *L = (const rke_rwkv4_layer *)m->layers + layer;
+    const buffers4 *B = bufs;
     const int64_t T = run->T, C = m->n_embd;
     float *x_prev = state;
     rke_layer_norm(run, x, L->ln1_w, L->ln1_b, B->xa, C, m->layer_norm_eps);
@@ -89,22 +90,15 @@ static int time_mix(const rke_run *run, const rke_rwkv4_layer *L, float *state, 
     return RKE_OK;
 }
 
+/* the shared ChannelMix with this layer's weights, in the arena the TimeMix is done with */
+static int channel_mix(const rke_run *run, int64_t layer, float *x_prev, float *x, void *scratch) {
+    const rke_rwkv4_layer *L = (const rke_rwkv4_layer *)run->m->layers + layer;
+    return rke_run_channel_mix(run, &L->ffn, L->ln2_w, L->ln2_b, x_prev, x, scratch);
+}
+
 int rke_rwkv4_layers(const rke_run *run, float *state, float *x, float *scratch) {
-    const rke_model *m = run->m;
-    const rke_rwkv4_layer *layers = m->layers;
-    const int64_t C = m->n_embd, per_layer = rke_state_floats(m);
     rke_arena a = {scratch, 0};
     buffers4 B;
-    layout(&a, m, run->T, &B);
-    for (int64_t i = 0; i < m->n_layer; i++) {
-        const rke_rwkv4_layer *L = &layers[i];
-        float *st = state + i * per_layer;
-        int rc = time_mix(run, L, st, x, &B);
-        if (rc == RKE_OK) rc = rke_run_channel_mix(run, &L->ffn, L->ln2_w, L->ln2_b, st + C, x, scratch);
-        if (rc != RKE_OK) return rc;
-        if (m->rescale_every && (i + 1) % m->rescale_every == 0) {
-            for (int64_t j = 0; j < run->T * C; j++) x[j] = x[j] * 0.5f;
-        }
-    }
-    return RKE_OK;
+    layout(&a, run->m, run->T, &B);
+    return rke_run_layers(run, state, x, time_mix, &B, channel_mix, scratch);
 }

@@ -5,18 +5,19 @@
 /* exp(-1/2) as the reference writes it: w = exp(-0.606531 * sigmoid(w0 + lora)) */
 #define DECAY_SCALE 0.606531f
 
-/* (T, C) buffers of one layer: xn the LayerNorm output, then the mixes xr..xg as the reference
- * names them; the LoRA inputs are reused for their outputs once read */
+/* (T, C) buffers: v_first, layer 0's v that every later layer's value residual reads; then one
+ * layer's xn, the LayerNorm output, and the mixes xr..xg as the reference names them; the LoRA
+ * inputs are reused for their outputs once read */
 typedef struct {
-    float *xn, *xr, *xw, *xk, *xv, *xa, *xg, *r, *k, *v, *y;
+    float *v_first, *xn, *xr, *xw, *xk, *xv, *xa, *xg, *r, *k, *v, *y;
     float *hw, *ha, *hv, *hg; /* (T, D_*) LoRA hidden */
     float *h;                 /* (T, F) ChannelMix hidden */
 } buffers7;
 
 static void layout(rke_arena *a, const rke_model *m, int64_t T, buffers7 *b) {
     const int64_t TC = T * m->n_embd;
-    float **tc[] = {&b->xn, &b->xr, &b->xw, &b->xk, &b->xv, &b->xa,
-                    &b->xg, &b->r,  &b->k,  &b->v,  &b->y};
+    float **tc[] = {&b->v_first, &b->xn, &b->xr, &b->xw, &b->xk, &b->xv,
+                    &b->xa,      &b->xg, &b->r,  &b->k,  &b->v,  &b->y};
     for (size_t q = 0; q < sizeof tc / sizeof tc[0]; q++) *tc[q] = rke_take(a, TC);
     b->hw = rke_take(a, T * m->lora[0]);
     b->ha = rke_take(a, T * m->lora[1]);
@@ -28,7 +29,6 @@ static void layout(rke_arena *a, const rke_model *m, int64_t T, buffers7 *b) {
 int64_t rke_rwkv7_scratch(const rke_model *m, int64_t T) {
     rke_arena a = {NULL, 0};
     buffers7 b;
-    rke_take(&a, T * m->n_embd); /* v_first */
     layout(&a, m, T, &b);
     return a.used;
 }
@@ -53,7 +53,6 @@ typedef struct {
     const rke_rwkv7_layer *L;
     const buffers7 *B;
     const float *x_prev; /* (C) the state's previous input, for token 0 */
-    float *v_first;      /* (T, C) */
     int first_layer;
 } tm_ctx;
 
@@ -83,7 +82,7 @@ static void prepare_token(const void *ctx, int64_t t) {
     const buffers7 *B = c->B;
     const int64_t C = c->run->m->n_embd, N = c->run->m->head_size, o = t * C;
     float *w = B->xw + o, *alpha = B->xa + o, *kk = B->xk + o, *b = B->xr + o;
-    float *k = B->k + o, *v = B->v + o, *v_first = c->v_first + o;
+    float *k = B->k + o, *v = B->v + o, *v_first = B->v_first + o;
     const float *v_lora = B->xv + o;
     for (int64_t i = 0; i < C; i++) {
         w[i] = expf(-DECAY_SCALE * rke_sigmoid(L->w0[i] + w[i]));
@@ -122,12 +121,14 @@ static void finish_token(const void *ctx, int64_t t) {
     }
 }
 
-static int time_mix(const rke_run *run, const rke_rwkv7_layer *L, int first_layer,
-                    float *state, float *x, float *v_first, const buffers7 *B) {
+static int time_mix(const rke_run *run, int64_t layer, float *state, float *x, void *bufs) {
     const rke_model *m = run->m;
+    const rke_rwkv7_layer *L = (const rke_rwkv7_layer *)m->layers + layer;
+    const buffers7 *B = bufs;
+    const int first_layer = layer == 0;
     const int64_t T = run->T, C = m->n_embd, H = m->n_head, N = m->head_size;
     float *x_prev = state, *S = state + 2 * C;
-    const tm_ctx tc = {run, L, B, x_prev, v_first, first_layer};
+    const tm_ctx tc = {run, L, B, x_prev, first_layer};
     rke_layer_norm(run, x, L->ln1_w, L->ln1_b, B->xn, C, m->layer_norm_eps);
     rke_parallel(run, mix_token, &tc, T, 12 * C);
     memcpy(x_prev, B->xn + (T - 1) * C, (size_t)C * sizeof(float));
@@ -160,8 +161,9 @@ static int time_mix(const rke_run *run, const rke_rwkv7_layer *L, int first_laye
     return RKE_OK;
 }
 
-static int channel_mix(const rke_run *run, const rke_rwkv7_layer *L, float *x_prev, float *x,
-                       const buffers7 *B) {
+static int channel_mix(const rke_run *run, int64_t layer, float *x_prev, float *x, void *bufs) {
+    const rke_rwkv7_layer *L = (const rke_rwkv7_layer *)run->m->layers + layer;
+    const buffers7 *B = bufs;
     const int64_t T = run->T, C = run->m->n_embd, F = run->m->n_ffn;
     float *xb = B->xn, *xk = B->xr, *out = B->xk;
     rke_layer_norm(run, x, L->ln2_w, L->ln2_b, xb, C, run->m->layer_norm_eps);
@@ -183,21 +185,8 @@ static int channel_mix(const rke_run *run, const rke_rwkv7_layer *L, float *x_pr
 }
 
 int rke_rwkv7_layers(const rke_run *run, float *state, float *x, float *scratch) {
-    const rke_model *m = run->m;
-    const rke_rwkv7_layer *layers = m->layers;
-    const int64_t C = m->n_embd, per_layer = rke_state_floats(m);
     rke_arena a = {scratch, 0};
-    float *v_first = rke_take(&a, run->T * C);
     buffers7 B;
-    layout(&a, m, run->T, &B);
-    for (int64_t i = 0; i < m->n_layer; i++) {
-        float *st = state + i * per_layer;
-        int rc = time_mix(run, &layers[i], i == 0, st, x, v_first, &B);
-        if (rc == RKE_OK) rc = channel_mix(run, &layers[i], st + C, x, &B);
-        if (rc != RKE_OK) return rc;
-        if (m->rescale_every && (i + 1) % m->rescale_every == 0) {
-            for (int64_t j = 0; j < run->T * C; j++) x[j] = x[j] * 0.5f;
-        }
-    }
-    return RKE_OK;
+    layout(&a, run->m, run->T, &B);
+    return rke_run_layers(run, state, x, time_mix, &B, channel_mix, &B);
 }
