@@ -1,17 +1,8 @@
 /* y = W x and Y = X W^T for float32 / fp16 / bf16 weights with AVX2: one 8-float register per
  * output (the lanes of rke_internal.h, so the bits equal the scalar file's), several rows and
  * tokens per tile so each loaded weight vector is used more than once. */
-/* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
- * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
-#if defined(__x86_64__) || defined(__i386__)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
-#include <immintrin.h>
-#endif
-
+#include "rke_avx2_target.h"
+RKE_AVX2_BEGIN /* to RKE_AVX2_END: AVX2, FMA and F16C code */
 #include "rke_avx2.h"
 
 #if RKE_X86
@@ -142,6 +133,4 @@ FLOAT_KERNELS(bf16, KIND_BF16)
 typedef int rke_matmul_float_avx2_is_empty_here;
 #endif
 
-#if defined(__clang__) && RKE_X86
-#pragma clang attribute pop
-#endif
+RKE_AVX2_END

@@ -5,17 +5,8 @@
  * the signed q8_0 and iq4_nl bytes), then one float multiply and add per block, the block's fp16
  * scale looked up in rke_fp16_table. The lanes and their order are those of rke_internal.h, so
  * the bits equal the scalar file's. */
-/* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
- * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
-#if defined(__x86_64__) || defined(__i386__)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
-#include <immintrin.h>
-#endif
-
+#include "rke_avx2_target.h"
+RKE_AVX2_BEGIN /* to RKE_AVX2_END: AVX2, FMA and F16C code */
 #include "rke_avx2.h"
 
 #if RKE_X86
@@ -297,6 +288,4 @@ QUANT_KERNELS(iq4_nl, KIND_IQ4_NL)
 typedef int rke_matmul_quant_avx2_is_empty_here;
 #endif
 
-#if defined(__clang__) && RKE_X86
-#pragma clang attribute pop
-#endif
+RKE_AVX2_END

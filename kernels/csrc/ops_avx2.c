@@ -1,17 +1,8 @@
 /* The model's small vector operations with AVX2: the same bits as ops_scalar.c (lane i % 8 of
  * one 8-float register per reduction, separate multiply and add). Tails shorter than 8 go
  * through the register spilled to memory, element j into lane j % 8, as the scalar code does. */
-/* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
- * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
-#if defined(__x86_64__) || defined(__i386__)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
-#include <immintrin.h>
-#endif
-
+#include "rke_avx2_target.h"
+RKE_AVX2_BEGIN /* to RKE_AVX2_END: AVX2, FMA and F16C code */
 #include "rke_avx2.h"
 #include "rke_model_internal.h"
 
@@ -106,3 +97,5 @@ const rke_ops rke_ops_avx2 = {
 };
 
 #endif
+
+RKE_AVX2_END

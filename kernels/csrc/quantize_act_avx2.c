@@ -1,16 +1,7 @@
 /* Activations to q8x blocks with AVX2: the same bytes as quantize_act_scalar.c (same amax, the
  * same float32 d and 1/d, the same clamp and round-half-away-from-zero). */
-/* AVX2, FMA and F16C for this file only: the library is built for the baseline CPU and
- * dispatch checks the CPU before calling in. On other CPUs the file compiles to nothing. */
-#if defined(__x86_64__) || defined(__i386__)
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
-#include <immintrin.h>
-#endif
-
+#include "rke_avx2_target.h"
+RKE_AVX2_BEGIN /* to RKE_AVX2_END: AVX2, FMA and F16C code */
 #include "rke_avx2.h"
 
 #if RKE_X86
@@ -72,6 +63,4 @@ void rke_quantize_q8x_avx2(const float *x, rke_block_q8x *xq, int64_t n_blocks) 
 typedef int rke_quantize_act_avx2_is_empty_here;
 #endif
 
-#if defined(__clang__) && RKE_X86
-#pragma clang attribute pop
-#endif
+RKE_AVX2_END

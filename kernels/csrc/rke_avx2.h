@@ -1,9 +1,12 @@
-/* Small vector helpers shared by the *_avx2.c files, which include this after turning on AVX2,
- * FMA and F16C for themselves and including <immintrin.h>. */
+/* Small vector helpers shared by the *_avx2.c files, which include this after RKE_AVX2_BEGIN
+ * (rke_avx2_target.h). */
 #ifndef RKE_AVX2_H
 #define RKE_AVX2_H
 
 #include "rke_internal.h"
+#if RKE_X86
+#include <immintrin.h>
+#endif
 
 #if RKE_X86
 
