@@ -302,6 +302,46 @@ def test_matmul_equals_stacked_matvec(qtype: GGMLType, n_tokens: int) -> None:
         assert_same_bits(stacked, expected, f"{name} stacked matvec")
 
 
+def check_matmul(qtype: GGMLType, w: np.ndarray, n_rows: int, n_cols: int, x: np.ndarray) -> None:
+    """matmul on every backend equals the reference's, and row t equals the reference matvec."""
+    expected = reference.matmul(qtype, w, n_rows, n_cols, x)
+    for t in range(len(x)):
+        assert_same_bits(expected[t], reference.matvec(qtype, w, n_rows, n_cols, x[t]), "reference")
+    for name in BACKENDS:
+        assert_same_bits(dispatch.load(name).matmul(qtype, w, n_rows, n_cols, x), expected, name)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_1], ids=lambda t: t.name)
+def test_every_finite_fp16_scale(qtype: GGMLType) -> None:
+    """The AVX2 kernels look block scales (and q4_1's minimums) up in a 65536-entry table: every
+    finite fp16 value, subnormals and both zeros included, as d and as m, through matvec and the
+    4-token prompt tiles (5 tokens: one group and a leftover)."""
+    rng = np.random.default_rng(7)
+    finite = np.array([h for h in range(65536) if (h >> 10) & 0x1F != 0x1F], np.uint16)  # 63488
+    n_cols = 1024
+    n_rows = len(finite) // (n_cols // 32)
+    w = quant_blocks(qtype, n_rows, n_cols, rng)
+    nb, size = n_cols // 32, BLOCK_SIZES[qtype][1]
+    blocks = w.reshape(n_rows, nb, size)
+    blocks[..., 0:2] = finite.reshape(n_rows, nb).view(np.uint8).reshape(n_rows, nb, 2)
+    if qtype == GGMLType.Q4_1:
+        blocks[..., 2:4] = rng.permutation(finite).reshape(n_rows, nb).view(np.uint8).reshape(n_rows, nb, 2)
+    x = np.stack([activations(n_cols, rng) for _ in range(5)])
+    for t in range(2):
+        check_all_backends(qtype, w, n_rows, n_cols, x[t])
+    check_matmul(qtype, w, n_rows, n_cols, x)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q5_1], ids=lambda t: t.name)
+def test_matmul_rows_wider_than_the_grouped_scales(qtype: GGMLType) -> None:
+    """Past 512 blocks a row (16384 columns) the prompt kernel has no room for a token group's
+    scales and takes the decode tile for every token: the same bits either way."""
+    rng = np.random.default_rng([int(qtype), 513])
+    n_rows, n_cols = 7, 513 * 32
+    w = quant_blocks(qtype, n_rows, n_cols, rng)
+    check_matmul(qtype, w, n_rows, n_cols, np.stack([activations(n_cols, rng) for _ in range(6)]))
+
+
 @pytest.mark.parametrize(
     "qtype", [GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.IQ4_NL, GGMLType.F16], ids=lambda t: t.name
 )
