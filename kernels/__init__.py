@@ -9,7 +9,7 @@ twin. The implementation is chosen once at import (see dispatch.py); all give th
 from .dispatch import CHOSEN as _CHOSEN
 from .pool import ThreadPool, default_threads
 
-backend: str = _CHOSEN.name  # "avx2" | "scalar" | "numpy"
+backend: str = _CHOSEN.name  # "avxvnni" | "avx2" | "scalar" | "numpy"
 features: frozenset[str] = _CHOSEN.features  # CPU extensions seen (avx, fma, f16c, avx2)
 matvec = _CHOSEN.matvec  # (qtype, w, n_rows, n_cols, x (n_cols,), out=None, *, pool=None)
 matmul = _CHOSEN.matmul  # (qtype, w, n_rows, n_cols, x (T, n_cols), out=None, *, pool=None)

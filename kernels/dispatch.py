@@ -1,6 +1,7 @@
 """Which kernel implementation runs: chosen once at import from the CPU and RWKV_EDGE_KERNELS.
 
-RWKV_EDGE_KERNELS=auto (default: the best this CPU and install have) | avx2 | scalar | numpy.
+RWKV_EDGE_KERNELS=auto (default: the best this CPU and install have) | avxvnni | avx2 | scalar | numpy.
+avxvnni is avx2 with the quantized block products done by AVX-VNNI's vpdpbusd (the same bits).
 This is the only module that reads it. Asking for something unavailable raises RuntimeError.
 Tests call load(name) to run a given backend directly.
 """
@@ -23,16 +24,22 @@ except ImportError:  # installed with RWKV_EDGE_NO_KERNELS=1
     native = lib = None
 
 ENV_VAR = "RWKV_EDGE_KERNELS"
-NAMES = ("avx2", "scalar", "numpy")  # best first
+# the C implementation behind each C backend
+IMPLS = (
+    {} if lib is None
+    else {"avxvnni": lib.RKE_IMPL_AVXVNNI, "avx2": lib.RKE_IMPL_AVX2, "scalar": lib.RKE_IMPL_SCALAR}
+)
+NAMES = ("avxvnni", "avx2", "scalar", "numpy")  # best first
 _AVX2_NEEDS = frozenset({"avx", "avx2", "fma", "f16c"})
+_NEEDS = {"avx2": _AVX2_NEEDS, "avxvnni": _AVX2_NEEDS | {"avxvnni"}}
 
 
 @dataclass(frozen=True)
 class Backend:
     """One implementation of every kernel, with the same signatures and the same results."""
 
-    name: str  # "avx2" | "scalar" | "numpy"
-    features: frozenset[str]  # what the CPU offers (avx, fma, f16c, avx2)
+    name: str  # "avxvnni" | "avx2" | "scalar" | "numpy"
+    features: frozenset[str]  # what the CPU offers (avx, fma, f16c, avx2, avxvnni)
     matvec: Callable[..., np.ndarray]  # (qtype, w, n_rows, n_cols, x, out=None, *, pool=None)
     matmul: Callable[..., np.ndarray]  # (qtype, w, n_rows, n_cols, x, out=None, *, pool=None)
     quantize_q8x: Callable[[np.ndarray], np.ndarray]  # (T, n) float32 -> (T, n/32) Q8X
@@ -48,6 +55,7 @@ def cpu_features() -> frozenset[str]:
         lib.RKE_CPU_FMA: "fma",
         lib.RKE_CPU_F16C: "f16c",
         lib.RKE_CPU_AVX2: "avx2",
+        lib.RKE_CPU_AVXVNNI: "avxvnni",
     }
     return frozenset(name for bit, name in names.items() if bits & bit)
 
@@ -60,9 +68,9 @@ def _unavailable(name: str) -> str | None:
         return "the C kernels were not built (installed with RWKV_EDGE_NO_KERNELS=1?)"
     if name == "scalar":
         return None
-    if not lib.rke_impl_compiled(lib.RKE_IMPL_AVX2):
-        return "the AVX2 kernels are x86-only"
-    missing = _AVX2_NEEDS - cpu_features()
+    if not lib.rke_impl_compiled(IMPLS[name]):
+        return "the AVX2 kernels are x86-only" if name == "avx2" else "the compiler lacked AVX-VNNI"
+    missing = _NEEDS[name] - cpu_features()
     if missing:
         return f"this CPU (or OS) lacks {', '.join(sorted(missing))}"
     return None
@@ -84,7 +92,7 @@ def load(name: str) -> Backend:
         return Backend(
             name, cpu_features(), numpy_path.matvec, numpy_path.matmul, numpy_path.quantize_q8x
         )
-    impl = lib.RKE_IMPL_AVX2 if name == "avx2" else lib.RKE_IMPL_SCALAR
+    impl = IMPLS[name]
     return Backend(
         name,
         cpu_features(),

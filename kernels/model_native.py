@@ -24,7 +24,7 @@ try:
 except ImportError:  # installed with RWKV_EDGE_NO_KERNELS=1: impl_of refuses every backend
     ffi = lib = None
 
-_IMPLS = {"avx2": "RKE_IMPL_AVX2", "scalar": "RKE_IMPL_SCALAR"}
+_IMPLS = {"avxvnni": "RKE_IMPL_AVXVNNI", "avx2": "RKE_IMPL_AVX2", "scalar": "RKE_IMPL_SCALAR"}
 _LAYER_TYPES = {4: "rke_rwkv4_layer", 5: "rke_rwkv5_layer", 6: "rke_rwkv6_layer", 7: "rke_rwkv7_layer"}
 # Fields that may be None (NULL): v5.0 has no gate; v7 layer 0 makes v_first and has no v LoRA.
 _OPTIONAL = {5: ("m_g", "gate"), 7: ("v0", "v1", "v2")}

@@ -1,5 +1,5 @@
 """The C kernels (the cffi module _ext) behind reference.py's operations, arguments checked
-first. `impl` picks the implementation (lib.RKE_IMPL_SCALAR or lib.RKE_IMPL_AVX2); the caller
+first. `impl` picks the implementation (lib.RKE_IMPL_SCALAR, _AVX2 or _AVXVNNI); the caller
 (dispatch.py) makes sure the CPU has it."""
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class Model:
             self._tokenizer, self._gguf_tokenizer_pending = tokenizer, False
 
     def build_native(self, backend: str) -> NativeModel:
-        """The C forward pass of this model for kernel backend `backend` ('avx2' or 'scalar')."""
+        """The C forward pass of this model for kernel backend `backend` ('avxvnni', 'avx2' or 'scalar')."""
         try:
             return native_forward.build(self.spec, self.emb, self.ln_out, self.head, self.blocks, backend, self.pool)
         except ValueError as err:  # an array that does not fit its dims: the file contradicts itself

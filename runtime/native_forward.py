@@ -64,7 +64,7 @@ def build(
     backend: str,
     pool: ThreadPool | None,
 ) -> NativeModel:
-    """The C model for `backend` ('avx2' or 'scalar'); ValueError if an array does not fit."""
+    """The C model for `backend` ('avxvnni', 'avx2' or 'scalar'); ValueError if an array does not fit."""
     layers = [layer_fields(spec.version, block) for block in blocks]
     return NativeModel(
         dims_of(spec),

@@ -36,14 +36,17 @@ def import_backend(value: str | None) -> subprocess.CompletedProcess[str]:
 
 
 def test_cpu_features_match_the_kernel_report() -> None:
-    wanted = {"avx", "avx2", "fma", "f16c"}
-    expected = wanted & cpuinfo_flags() if X86 else set()
+    # /proc/cpuinfo spells AVX-VNNI "avx_vnni"
+    wanted = {"avx", "avx2", "fma", "f16c", "avx_vnni"}
+    expected = {f.replace("_", "") for f in wanted & cpuinfo_flags()} if X86 else set()
     assert dispatch.cpu_features() == expected
 
 
 def test_available_backends() -> None:
     has_avx2 = X86 and {"avx", "avx2", "fma", "f16c"} <= cpuinfo_flags()
-    assert dispatch.available() == (("avx2",) if has_avx2 else ()) + ("scalar", "numpy")
+    has_vnni = has_avx2 and "avx_vnni" in cpuinfo_flags()  # gcc >= 11 / clang >= 12 build it
+    expected = (("avxvnni",) if has_vnni else ()) + (("avx2",) if has_avx2 else ()) + ("scalar", "numpy")
+    assert dispatch.available() == expected
 
 
 def test_default_choice_is_the_best_available() -> None:
@@ -52,11 +55,11 @@ def test_default_choice_is_the_best_available() -> None:
     assert result.stdout.strip() == dispatch.available()[0]
 
 
-@pytest.mark.parametrize("value", ["avx2", "scalar", "numpy", "auto", " Scalar "])
+@pytest.mark.parametrize("value", ["avxvnni", "avx2", "scalar", "numpy", "auto", " Scalar "])
 def test_environment_override(value: str) -> None:
     result = import_backend(value)
-    if value.strip().lower() == "avx2" and "avx2" not in dispatch.available():
-        assert result.returncode != 0 and "RWKV_EDGE_KERNELS=avx2" in result.stderr
+    if value.strip().lower() in ("avx2", "avxvnni") and value not in dispatch.available():
+        assert result.returncode != 0 and f"RWKV_EDGE_KERNELS={value}" in result.stderr
         return
     assert result.returncode == 0, result.stderr
     expected = dispatch.available()[0] if value == "auto" else value.strip().lower()
@@ -66,7 +69,7 @@ def test_environment_override(value: str) -> None:
 def test_unknown_override_fails_clearly() -> None:
     result = import_backend("sse9")
     assert result.returncode != 0
-    assert "RWKV_EDGE_KERNELS='sse9' is not one of auto, avx2, scalar, numpy" in result.stderr
+    assert "RWKV_EDGE_KERNELS='sse9' is not one of auto, avxvnni, avx2, scalar, numpy" in result.stderr
 
 
 def test_package_names_follow_the_choice() -> None:

@@ -64,7 +64,7 @@ int rke_read_sum(rke_pool *pool, int impl, const uint64_t *words, int64_t n_word
     sum_fn fn = NULL;
     if (impl == RKE_IMPL_SCALAR) fn = sum_scalar;
 #if RKE_X86
-    if (impl == RKE_IMPL_AVX2) fn = sum_avx2;
+    if (impl == RKE_IMPL_AVX2 || impl == RKE_IMPL_AVXVNNI) fn = sum_avx2;
 #endif
     if (!fn) return RKE_BAD_IMPL;
     if (n_words < 0) return RKE_BAD_SIZE;

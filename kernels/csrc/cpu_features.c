@@ -1,5 +1,6 @@
 /* Which vector extensions this process may use: CPUID says the CPU has them, XGETBV says the OS
  * saves the registers (libsodium's sequence; without the second check AVX code can SIGILL). */
+#include "rke_avx2_target.h"
 #include "rke_internal.h"
 
 #if RKE_X86
@@ -23,6 +24,10 @@ int rke_cpu_features(void) {
     if (__get_cpuid_max(0, NULL) >= 7) {
         __cpuid_count(7, 0, eax, ebx, ecx, edx);
         if (ebx & (1u << 5)) features |= RKE_CPU_AVX2;
+        if (eax >= 1) { /* subleaf 1 exists: its EAX bit 4 is AVX-VNNI */
+            __cpuid_count(7, 1, eax, ebx, ecx, edx);
+            if (eax & (1u << 4)) features |= RKE_CPU_AVXVNNI;
+        }
     }
     return features;
 }
@@ -33,5 +38,6 @@ int rke_cpu_features(void) { return 0; }
 int rke_impl_compiled(int impl) {
     if (impl == RKE_IMPL_SCALAR) return 1;
     if (impl == RKE_IMPL_AVX2) return RKE_X86;
+    if (impl == RKE_IMPL_AVXVNNI) return RKE_HAVE_AVXVNNI;
     return 0;
 }

@@ -1,5 +1,6 @@
 /* The entry points Python calls: pick the kernel for (implementation, weight type), quantize the
  * activations when the type needs it, and split the rows across the pool. */
+#include "rke_avx2_target.h"
 #include "rke_internal.h"
 
 typedef struct {
@@ -35,12 +36,27 @@ static int find_kernel(int impl, int qtype, kernel_entry *out) {
         ENTRIES(avx2)
     }
 #endif
+#if RKE_HAVE_AVXVNNI
+    if (impl == RKE_IMPL_AVXVNNI) {
+        switch (qtype) {
+        case RKE_Q4_0: *out = ENTRY(q4_0, avxvnni, 18, QK); return 1;
+        case RKE_Q4_1: *out = ENTRY(q4_1, avxvnni, 20, QK); return 1;
+        case RKE_Q5_0: *out = ENTRY(q5_0, avxvnni, 22, QK); return 1;
+        case RKE_Q5_1: *out = ENTRY(q5_1, avxvnni, 24, QK); return 1;
+        case RKE_Q8_0: *out = ENTRY(q8_0, avxvnni, 34, QK); return 1;
+        case RKE_IQ4_NL: *out = ENTRY(iq4_nl, avxvnni, 18, QK); return 1;
+        default: return find_kernel(RKE_IMPL_AVX2, qtype, out);
+        }
+    }
+#endif
     return 0;
 }
 
 static rke_quantize_fn find_quantizer(int impl) {
 #if RKE_X86
-    if (impl == RKE_IMPL_AVX2) return rke_quantize_q8x_avx2;
+    if (impl == RKE_IMPL_AVX2 || (impl == RKE_IMPL_AVXVNNI && RKE_HAVE_AVXVNNI)) {
+        return rke_quantize_q8x_avx2;
+    }
 #endif
     return impl == RKE_IMPL_SCALAR ? rke_quantize_q8x_scalar : NULL;
 }

@@ -5,6 +5,7 @@
 static const rke_ops *ops_for(int impl) {
 #if RKE_X86
     if (impl == RKE_IMPL_AVX2) return &rke_ops_avx2;
+    if (impl == RKE_IMPL_AVXVNNI && rke_impl_compiled(impl)) return &rke_ops_avx2;
 #endif
     return impl == RKE_IMPL_SCALAR ? &rke_ops_scalar : NULL;
 }

@@ -103,6 +103,13 @@ typedef void (*rke_quantize_fn)(const float *x, rke_block_q8x *xq, int64_t n_blo
 RKE_DECLARE_ISA(scalar)
 #if RKE_X86
 RKE_DECLARE_ISA(avx2)
+/* avxvnni: its own quantized kernels, AVX2's for the rest */
+RKE_DECLARE_TYPE(q4_0, avxvnni)
+RKE_DECLARE_TYPE(q4_1, avxvnni)
+RKE_DECLARE_TYPE(q5_0, avxvnni)
+RKE_DECLARE_TYPE(q5_1, avxvnni)
+RKE_DECLARE_TYPE(q8_0, avxvnni)
+RKE_DECLARE_TYPE(iq4_nl, avxvnni)
 #endif
 
 /* Several independent y = W x as one pool task (fewer hand-overs than one rke_matvec each, and

@@ -30,11 +30,14 @@ enum rke_qtype {
     RKE_Q8_0 = 8, RKE_IQ4_NL = 20, RKE_BF16 = 30
 };
 
-/* Implementations: the same numerics, bit for bit (see kernels/reference.py). */
-enum rke_impl { RKE_IMPL_SCALAR = 0, RKE_IMPL_AVX2 = 1 };
+/* Implementations: the same numerics, bit for bit (see kernels/reference.py). AVXVNNI is AVX2 with
+ * the quantized kernels' block products done by vpdpbusd. */
+enum rke_impl { RKE_IMPL_SCALAR = 0, RKE_IMPL_AVX2 = 1, RKE_IMPL_AVXVNNI = 2 };
 
 /* rke_cpu_features() bits: usable by this process (the OS saves the AVX state). */
-enum rke_cpu_feature { RKE_CPU_AVX = 1, RKE_CPU_FMA = 2, RKE_CPU_F16C = 4, RKE_CPU_AVX2 = 8 };
+enum rke_cpu_feature {
+    RKE_CPU_AVX = 1, RKE_CPU_FMA = 2, RKE_CPU_F16C = 4, RKE_CPU_AVX2 = 8, RKE_CPU_AVXVNNI = 16
+};
 
 /* Return codes of the entry points. Python validates first, so only a bug can see these. */
 enum rke_status { RKE_OK = 0, RKE_BAD_IMPL = -1, RKE_BAD_QTYPE = -2, RKE_BAD_SIZE = -3 };
