@@ -10,7 +10,7 @@ from .dispatch import CHOSEN as _CHOSEN
 from .pool import ThreadPool, default_threads
 
 backend: str = _CHOSEN.name  # "avxvnni" | "avx2" | "scalar" | "numpy"
-features: frozenset[str] = _CHOSEN.features  # CPU extensions seen (avx, fma, f16c, avx2)
+features: frozenset[str] = _CHOSEN.features  # CPU extensions seen (avx, fma, f16c, avx2, avxvnni)
 matvec = _CHOSEN.matvec  # (qtype, w, n_rows, n_cols, x (n_cols,), out=None, *, pool=None)
 matmul = _CHOSEN.matmul  # (qtype, w, n_rows, n_cols, x (T, n_cols), out=None, *, pool=None)
 

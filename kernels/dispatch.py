@@ -68,8 +68,10 @@ def _unavailable(name: str) -> str | None:
         return "the C kernels were not built (installed with RWKV_EDGE_NO_KERNELS=1?)"
     if name == "scalar":
         return None
+    if not lib.rke_impl_compiled(lib.RKE_IMPL_AVX2):
+        return "the AVX2 kernels are x86-only"
     if not lib.rke_impl_compiled(IMPLS[name]):
-        return "the AVX2 kernels are x86-only" if name == "avx2" else "the compiler lacked AVX-VNNI"
+        return "the compiler that built the kernels lacked AVX-VNNI"
     missing = _NEEDS[name] - cpu_features()
     if missing:
         return f"this CPU (or OS) lacks {', '.join(sorted(missing))}"

@@ -190,7 +190,7 @@ def _fill_layer(layer: Any, i: int, d: ModelDims, fields: dict[str, object], kee
 
 
 def impl_of(backend: str) -> int:
-    """The C implementation id of a kernel backend that has one ('avx2' or 'scalar')."""
+    """The C implementation id of a kernel backend that has one ('avxvnni', 'avx2' or 'scalar')."""
     if backend not in _IMPLS or lib is None:
         raise ValueError(f"backend {backend!r} has no C forward pass")
     if backend not in dispatch.available():

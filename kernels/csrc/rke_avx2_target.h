@@ -19,9 +19,14 @@
 #define RKE_AVX2_END
 #endif
 
-/* AVX-VNNI (vpdpbusd on 256-bit registers, VEX-encoded): gcc 11 and clang 12 know it. */
-#if (defined(__x86_64__) || defined(__i386__)) &&                                           \
-    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+/* AVX-VNNI (vpdpbusd on 256-bit registers, VEX-encoded): compilers that ship its header (gcc 11,
+ * LLVM clang 12; Apple's clang numbers its versions differently, so the header is the test). */
+#if defined(__has_include)
+#if (defined(__x86_64__) || defined(__i386__)) && __has_include(<avxvnniintrin.h>)
+#define RKE_AVXVNNI_HEADER 1
+#endif
+#endif
+#if defined(RKE_AVXVNNI_HEADER)
 #define RKE_HAVE_AVXVNNI 1
 #if defined(__clang__)
 #define RKE_AVXVNNI_BEGIN                                                                       \

@@ -122,7 +122,8 @@ static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset)
 /* Decode: rows [0, nr) of w against one token. A tile's rows are consecutive, so it reads one
  * region of memory; meanwhile it prefetches, in address order, the region NEXT_TILE_DISTANCE
  * bytes past the start of the next tile (nr * bsize bytes per block step, the pace at which
- * this tile consumes its own). Per-row prefetching a few blocks ahead, as ggml does, left one
+ * this tile consumes its own; ahead0 and limit are byte offsets from w: where that region
+ * starts, and the end of the rows this call may touch, 0 for none). Per-row prefetching a few blocks ahead, as ggml does, left one
  * thread at half the probe's bandwidth on 2048-column rows: the rows are short, so most of
  * those prefetches hit lines already on their way, and the next tile's lines were never asked
  * for early. Each row's block is finished before the next row's is unpacked: fewer live
@@ -133,8 +134,8 @@ static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset)
 static inline __attribute__((always_inline)) void decode_tile(const int kind, const uint8_t *w,
                                                               const rke_block_q8x *x, float *y,
                                                               int64_t nb, int64_t row_bytes,
-                                                              const int nr, const uint8_t *next,
-                                                              const uint8_t *end) {
+                                                              const int nr, const int64_t ahead0,
+                                                              const int64_t limit) {
     const int64_t bsize = block_bytes(kind), step = nr * bsize;
     __m256 acc[4];
     float accm[4];
@@ -144,12 +145,13 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
         accm[r] = 0.0f;
     }
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *ahead = next + NEXT_TILE_DISTANCE + b * step;
-        if (ahead < end) {
-            /* step <= 4 * 34 bytes: three lines cover it wherever it starts */
-            _mm_prefetch((const char *)ahead, _MM_HINT_T0);
-            _mm_prefetch((const char *)ahead + 64, _MM_HINT_T0);
-            if (step > 128) _mm_prefetch((const char *)ahead + 128, _MM_HINT_T0);
+        /* offsets from w, so no pointer is formed past the chunk; a step (<= 4 * 34 bytes) may
+         * touch a fourth line, which the next step's first prefetch covers */
+        const int64_t ahead = ahead0 + b * step;
+        if (ahead < limit) _mm_prefetch((const char *)(w + ahead), _MM_HINT_T0);
+        if (ahead + 64 < limit) _mm_prefetch((const char *)(w + ahead + 64), _MM_HINT_T0);
+        if (step > 128 && ahead + 128 < limit) {
+            _mm_prefetch((const char *)(w + ahead + 128), _MM_HINT_T0);
         }
         const rke_block_q8x *xb = x + b;
         const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
@@ -178,15 +180,13 @@ static inline __attribute__((always_inline)) void matvec(const int kind, const v
                                                          int64_t n_cols, int64_t row_begin,
                                                          int64_t row_end) {
     const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
-    const uint8_t *wb = (const uint8_t *)w, *end = wb + row_end * row_bytes;
+    const uint8_t *wb = (const uint8_t *)w;
     int64_t r = row_begin;
     for (; r + 4 <= row_end; r += 4) {
         decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 4,
-                    wb + (r + 4) * row_bytes, end);
+                    4 * row_bytes + NEXT_TILE_DISTANCE, (row_end - r) * row_bytes);
     }
-    for (; r < row_end; r++) {
-        decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, end, end);
-    }
+    for (; r < row_end; r++) decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, 0, 0);
 }
 
 /* lane k of s (k in 0..3) in all eight lanes; s holds the same four values in both halves */
@@ -284,13 +284,12 @@ static inline __attribute__((always_inline)) void matmul(const int kind, const v
     }
     for (; t < n_tokens; t++) {
         float *yt = y + t * n_rows;
-        const uint8_t *end = wb + row_end * row_bytes;
         int64_t r = row_begin;
         for (; r + 4 <= row_end; r += 4) {
-            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 4, end, end);
+            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 4, 0, 0);
         }
         for (; r < row_end; r++) {
-            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 1, end, end);
+            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 1, 0, 0);
         }
     }
 }
