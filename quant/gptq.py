@@ -4,8 +4,10 @@ What matters is the error of the layer's output, E||(W - Q) x||^2 = sum_r e_r H 
 the second moment of the matrix's inputs on a calibration text (e_r = row r of W - Q). Plain quantizers
 minimise sum e^2 block by block; here each column's rounding error is pushed onto the columns not yet
 rounded (GPTQ, Frantar et al. 2022, with 32-column groups = ggml blocks), then coordinate descent revisits
-every code with the exact quadratic and the block scales are refit by least squares. The result is
-ordinary ggml blocks (quant.codebooks.pack).
+every code with the exact quadratic and the block scales are refit by least squares. When the layers below
+are already quantized, the target can be the reference model's output instead (plus a drift to cancel),
+which only moves the weights the quadratic is centred on. The result is ordinary ggml blocks
+(quant.codebooks.pack).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ def quantize_tensor(
     *,
     qtype: GGMLType = GGMLType.IQ4_NL,
     cross: np.ndarray | None = None,
+    drift: np.ndarray | None = None,
     damp: float = DAMP,
     passes: int = PASSES,
 ) -> np.ndarray:
     """Quantize weights (rows, cols) to `qtype`: (rows, row_nbytes) uint8 ggml blocks. See round_tensor."""
-    d, codes = round_tensor(weights, importance, qtype=qtype, cross=cross, damp=damp, passes=passes)
+    d, codes = round_tensor(weights, importance, qtype=qtype, cross=cross, drift=drift, damp=damp, passes=passes)
     return pack(qtype, d, codes)
 
 
@@ -40,6 +43,7 @@ def round_tensor(
     *,
     qtype: GGMLType = GGMLType.IQ4_NL,
     cross: np.ndarray | None = None,
+    drift: np.ndarray | None = None,
     damp: float = DAMP,
     passes: int = PASSES,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -49,19 +53,25 @@ def round_tensor(
     weighted block search), or (cols, cols) E[x x^T] (GPTQ + refinement). cross: (cols, cols) E[x_ref x^T]
     when the inputs x the quantized model sees differ from the reference model's x_ref (layers below
     already quantized): the target becomes W x_ref instead of W x, so this layer absorbs the error below.
+    drift: (rows, cols) E[g x^T] for an error g (rows,) the output should also cancel (for a Linear whose
+    output is added to the residual stream: the stream's drift from the reference's, g = h_ref - h), so the
+    target becomes W x_ref + g. Both need the (cols, cols) importance.
     """
     book = codebook(qtype)
     w = _check_weights(weights)
     rows, cols = w.shape
     if importance is None or np.ndim(importance) == 1:
+        if cross is not None or drift is not None:
+            raise ValueError("cross and drift need importance as a (cols, cols) second moment")
         col_weight = np.ones(cols) if importance is None else _check_vector(importance, cols)
         err_weight = np.broadcast_to(col_weight, (rows, cols)).reshape(-1, QK)
         d, codes = search_scales(w.reshape(-1, QK), err_weight, book)
         return d.reshape(rows, cols // QK), codes.reshape(rows, cols)
     H = _check_square(importance, cols, "importance")
     Hd = damped(H, damp)
-    if cross is not None:
-        w = _compensating_target(w, H, Hd, _check_square(cross, cols, "cross"))
+    if cross is not None or drift is not None:
+        cross = H if cross is None else _check_square(cross, cols, "cross")
+        w = _compensating_target(w, H, Hd, cross, None if drift is None else _check_drift(drift, w.shape))
     d, codes = gptq(w, Hd, book)
     return refine(w, Hd, book, d, codes, passes)
 
@@ -209,11 +219,16 @@ def _scale_cost(A: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.einsum("ra,rab,rb->r", s, A, s) - 2 * np.einsum("rb,rb->r", s, y)
 
 
-def _compensating_target(w: np.ndarray, H: np.ndarray, Hd: np.ndarray, cross: np.ndarray) -> np.ndarray:
-    """Weights w' with E||W x_ref - Q x||^2 = E||(w' - Q) x||^2 + const: w' = W cross Hd^-1, damped alike
-    (cross gets the same diagonal as Hd, so w' = W exactly when x = x_ref)."""
+def _compensating_target(
+    w: np.ndarray, H: np.ndarray, Hd: np.ndarray, cross: np.ndarray, drift: np.ndarray | None = None
+) -> np.ndarray:
+    """Weights w' with E||W x_ref + g - Q x||^2 = E||(w' - Q) x||^2 + const: w' = (W cross + drift) Hd^-1,
+    damped alike (cross gets the same diagonal as Hd, so w' = W exactly when x = x_ref and g = 0)."""
     shifted = cross + (Hd - H)
-    return np.linalg.solve(Hd, shifted.T @ w.T).T
+    rhs = shifted.T @ w.T  # (cols, rows)
+    if drift is not None:
+        rhs = rhs + drift.T
+    return np.linalg.solve(Hd, rhs).T
 
 
 def _mean_diag(H: np.ndarray) -> float:
@@ -235,6 +250,13 @@ def _check_vector(v: np.ndarray, cols: int) -> np.ndarray:
     if v.shape != (cols,) or not np.all(np.isfinite(v)) or np.any(v < 0):
         raise ValueError(f"importance must be ({cols},) finite and >= 0, got shape {v.shape}")
     return v + 1e-30 * (np.max(v) + 1.0)  # zero weights make every scale tie; keep a tiny preference
+
+
+def _check_drift(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    if m.shape != shape or not np.all(np.isfinite(m)):
+        raise ValueError(f"drift must be a finite {shape} matrix, got shape {m.shape}")
+    return m
 
 
 def _check_square(m: np.ndarray, cols: int, what: str) -> np.ndarray:

@@ -40,6 +40,7 @@ class InputMoments:
     n_tokens: int
     second: np.ndarray  # (cols, cols) float64 E[x x^T]: GPTQ's H
     cross: np.ndarray | None = None  # (cols, cols) float64 E[x_ref x^T], x_ref the reference model's input
+    drift: np.ndarray | None = None  # (C, cols) float64 E[(h_ref - h) x^T], h the half's residual-stream input
 
     @property
     def imatrix(self) -> np.ndarray:
@@ -117,15 +118,27 @@ def advance(stream: Stream, sink: Sink | None = None) -> None:
 
 
 def half_moments(
-    ref: Stream, cur: Stream | None = None, names: Iterable[str] | None = None, *, advance_ref: bool = False
+    ref: Stream,
+    cur: Stream | None = None,
+    names: Iterable[str] | None = None,
+    *,
+    advance_ref: bool = False,
+    drift: Iterable[str] = (),
 ) -> dict[str, InputMoments]:
     """Input moments of the Linears `names` (all) in the next half; neither stream advances, unless
     `advance_ref` (ref alone) asks ref to move through the half on the same pass.
 
     With `cur` (the same point of a model whose lower halves are quantized), `second` is E[x x^T] of cur's
     inputs and `cross` E[x_ref x^T] pairs them with ref's, token by token; without, `second` is ref's.
+    The Linears named in `drift` (with `cur` only) also get `drift`: how far cur's residual stream at the
+    half's input is from ref's, against their inputs (for a Linear whose output joins the stream).
     """
     wanted = set(names) if names is not None else None
+    drifting = set(drift)
+    if drifting and cur is None:
+        raise ValueError("drift moments compare two streams: give cur")
+    gap = np.zeros(0)  # (chunk, C) ref's residual stream minus cur's, in the current chunk
+    drifts: dict[str, np.ndarray] = {}
     sums: dict[str, list[np.ndarray | None]] = {}
     ref_x: dict[str, np.ndarray] = {}  # name -> (chunk, cols) ref's input in the current chunk
 
@@ -141,6 +154,8 @@ def half_moments(
         acc[0] += (x.T @ x).astype(np.float64)
         if cur is not None:
             acc[1] = (0.0 if acc[1] is None else acc[1]) + (ref_x[name].T @ x).astype(np.float64)
+        if name in drifting:
+            drifts[name] = drifts.get(name, 0.0) + (gap.T @ x).astype(np.float64)
 
     if cur is not None and (cur.next != ref.next or len(cur.x) != len(ref.x)):
         raise ValueError("the two streams are not at the same point")
@@ -156,10 +171,13 @@ def half_moments(
     layer, half = _next_half(ref)
     models = [_recording(s.model, layer, sink) for s, sink in runs]
     for a in range(0, len(ref.x), CHUNK_LEN):
+        if drifting:
+            gap = ref.x[a : a + CHUNK_LEN] - cur.x[a : a + CHUNK_LEN]
         for (s, _), model in zip(runs, models):  # per chunk, ref first: accumulate pairs cur with it
             v_first = s.v_first[a : a + CHUNK_LEN] if s.v_first is not None else None
             _run_half(model, layer, half, s.x[a : a + CHUNK_LEN], s.state, v_first)
-    return {name: InputMoments(n, s / n, c / n if c is not None else None) for name, (s, c) in sums.items()}
+    return {name: InputMoments(n, s / n, c / n if c is not None else None,
+                               drifts[name] / n if name in drifts else None) for name, (s, c) in sums.items()}
 
 
 def with_tensors(model: Model, tensors: Mapping[str, RawTensor]) -> Model:

@@ -67,7 +67,9 @@ def test_the_file_is_ordinary_gguf_with_the_documented_types(converted, source):
             w = src.tensors[official].to_f32()
             decoded = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
             assert np.array_equal(decoded, ours.tensors[official].to_f32())
-            assert np.sqrt(np.mean((decoded - w) ** 2)) < 0.5 * np.sqrt(np.mean(w**2))
+            # the last Linear of a half also cancels the residual stream's drift, so it moves further
+            bound = 1.0 if official.endswith(("att.output.weight", "ffn.value.weight")) else 0.5
+            assert np.sqrt(np.mean((decoded - w) ** 2)) < bound * np.sqrt(np.mean(w**2))
         elif storage_type_of(official) in ("emb", "head"):
             assert t.tensor_type == GT.Q8_0, (t.name, t.tensor_type)
         else:

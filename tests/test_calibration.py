@@ -107,6 +107,29 @@ def test_cross_moments_pair_the_two_models_token_by_token(tiny, ids):
         cal.half_moments(ref)
 
 
+def test_drift_moments_pair_the_residual_streams_gap_with_the_inputs(tiny, ids):
+    """Perturb layer 10: in layer 11's ChannelMix, value adds y = W x to the stream, so
+    drift W^T = E[(h_ref - h) y^T] with h the streams at the half's input, token by token."""
+    name, target = "blocks.10.ffn.value.weight", "blocks.11.ffn.value.weight"
+    raw = RawTensor.from_array(tiny.checkpoint.tensors[name].to_f32() * np.float32(1.5))
+    ref, cur = cal.Stream(tiny, ids), cal.Stream(with_tensor(tiny, name, raw), ids)
+    for _ in range(2 * 11 + 1):  # to layer 11's ChannelMix
+        cal.advance(ref)
+        cal.advance(cur)
+    moments = cal.half_moments(ref, cur, drift=[target])
+    assert moments[target].drift.shape == (64, 256)
+    assert all(m.drift is None for n, m in moments.items() if n != target)
+    gap, h = (ref.x - cur.x).astype(np.float64), cur.x.astype(np.float64)
+    cal.advance(cur)
+    y = cur.x - h
+    W = tiny.checkpoint.tensors[target].to_f32().astype(np.float64)
+    expected = gap.T @ y / len(y)
+    assert np.abs(expected).max() > 0
+    assert np.allclose(moments[target].drift @ W.T, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="give cur"):
+        cal.half_moments(ref, drift=[target])
+
+
 def test_moments_while_advancing_equal_moments_then_advance(tiny, ids):
     a, b = cal.Stream(tiny, ids), cal.Stream(tiny, ids)
     first = cal.half_moments(a)

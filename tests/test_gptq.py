@@ -256,6 +256,33 @@ def test_the_compensating_target_shifts_the_objective_by_a_constant():
     assert np.allclose(gaps, gaps[0], rtol=1e-9, atol=1e-9 * abs(gaps[0]))
 
 
+def test_drift_makes_the_output_cancel_an_error_it_can_predict():
+    """Aiming at W x_ref + g (g the residual stream's drift, partly predictable from x) lowers
+    E||W x_ref + g - Q x||^2, and the target differs from it by a constant for any Q (undamped)."""
+    rng = np.random.default_rng(20)
+    w = weights(32, 64, seed=21).astype(np.float64)
+    x_ref = rng.standard_normal((8192, 64)) @ rng.standard_normal((64, 64))
+    x = x_ref + 0.3 * rng.standard_normal((8192, 64))
+    g = x @ rng.standard_normal((64, 32)) * 0.2 + 0.1 * rng.standard_normal((8192, 32))
+    H, cross, drift = x.T @ x / len(x), x_ref.T @ x / len(x), g.T @ x / len(x)
+
+    def err(data):
+        return np.mean((x_ref @ w.T + g - x @ decode(data, GGMLType.IQ4_NL).T) ** 2)
+
+    assert err(gptq.quantize_tensor(w, H, cross=cross, drift=drift)) < 0.5 * err(gptq.quantize_tensor(w, H, cross=cross))
+    target = gptq._compensating_target(w, H, H, cross, drift)
+    gaps = []
+    for seed in range(3):
+        q = w + rng.standard_normal(w.shape) * 0.1 * (seed + 1)
+        direct = np.mean(np.sum((x_ref @ w.T + g - x @ q.T) ** 2, axis=1))
+        gaps.append(direct - gptq.objective(target, q, H).sum())
+    assert np.allclose(gaps, gaps[0], rtol=1e-9, atol=1e-9 * abs(gaps[0]))
+    # a zero drift is no drift; drift alone aims at W x + g
+    assert np.array_equal(gptq.quantize_tensor(w, H, cross=cross, drift=np.zeros_like(drift)),
+                          gptq.quantize_tensor(w, H, cross=cross))
+    assert np.array_equal(gptq.quantize_tensor(w, H, drift=drift), gptq.quantize_tensor(w, H, cross=H, drift=drift))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -268,6 +295,14 @@ def test_the_compensating_target_shifts_the_objective_by_a_constant():
 def test_bad_input(args, message):
     with pytest.raises(ValueError, match=message):
         gptq.quantize_tensor(*args)
+
+
+def test_bad_drift_and_moments_without_a_square_importance_are_refused():
+    w, H = np.zeros((2, 32), np.float32), np.eye(32)
+    with pytest.raises(ValueError, match=r"drift must be a finite \(2, 32\) matrix"):
+        gptq.quantize_tensor(w, H, drift=np.zeros((32, 2)))
+    with pytest.raises(ValueError, match="need importance as a"):
+        gptq.quantize_tensor(w, np.ones(32), drift=np.zeros((2, 32)))
 
 
 def test_types_without_a_codebook_are_refused():

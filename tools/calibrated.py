@@ -29,7 +29,8 @@ from ..runtime.tokenizer import load_tokenizer
 
 MODE = "IQ4_CAL"
 BASE = GGMLType.IQ4_NL
-# The last Linear of each half reads what the half's other Linears computed: quantized after them.
+# The last Linear of each half reads what the half's other Linears computed: quantized after them. Its
+# output joins the residual stream, so (sequential) it is also asked to cancel the stream's drift.
 _SECOND_STAGE = ("att.output.weight", "ffn.value.weight")
 MIN_TOKENS = 64
 _RATIO_ROWS = 256
@@ -42,7 +43,7 @@ class Options:
     budget_bpw: float = 4.6  # mean bits per weight over the calibrated matrices
     upgrade: GGMLType = GGMLType.Q5_0  # the wider type the budget buys
     sequential: bool = True  # calibrate each half on the outputs of the already quantized halves below
-    calibration_tokens: int = 4096  # tokens of calibration text used (or sampled when there is none)
+    calibration_tokens: int = 8192  # tokens of calibration text used (or sampled when there is none)
     sensitivity_tokens: int = 256  # tokens over which each matrix's KL is measured for the allocation
     seed: int = 0  # of the sampled calibration text
 
@@ -208,7 +209,7 @@ def _round_all(
             continue
         stages = [[n for n in group if not n.endswith(_SECOND_STAGE)], [n for n in group if n.endswith(_SECOND_STAGE)]]
         for stage in (s for s in stages if s):
-            moments = cal.half_moments(ref, cur, stage)
+            moments = cal.half_moments(ref, cur, stage, drift=[n for n in stage if n.endswith(_SECOND_STAGE)])
             done = {}
             for n in stage:
                 out[n] = _round(_weights(model, n), moments[n], types[n])
@@ -220,6 +221,6 @@ def _round_all(
 
 
 def _round(w: np.ndarray, moments: cal.InputMoments, qtype: GGMLType) -> tuple[GGMLType, np.ndarray]:
-    d, codes = round_tensor(w, moments.second, qtype=qtype, cross=moments.cross)
+    d, codes = round_tensor(w, moments.second, qtype=qtype, cross=moments.cross, drift=moments.drift)
     return qtype, pack(qtype, d, codes)
 
