@@ -13,40 +13,33 @@ typedef struct {
 #define ENTRY(t, isa, bytes, elems)                                                           \
     (kernel_entry) { rke_matvec_##t##_##isa, rke_matmul_##t##_##isa, bytes, elems }
 
-#define ENTRIES(isa)                                                                          \
+/* float_isa's kernels for the float types, quant_isa's for the block-quantized ones */
+#define ENTRIES(float_isa, quant_isa)                                                         \
     switch (qtype) {                                                                          \
-    case RKE_F32: *out = ENTRY(f32, isa, 4, 1); return 1;                                     \
-    case RKE_F16: *out = ENTRY(f16, isa, 2, 1); return 1;                                     \
-    case RKE_BF16: *out = ENTRY(bf16, isa, 2, 1); return 1;                                   \
-    case RKE_Q4_0: *out = ENTRY(q4_0, isa, 18, QK); return 1;                                 \
-    case RKE_Q4_1: *out = ENTRY(q4_1, isa, 20, QK); return 1;                                 \
-    case RKE_Q5_0: *out = ENTRY(q5_0, isa, 22, QK); return 1;                                 \
-    case RKE_Q5_1: *out = ENTRY(q5_1, isa, 24, QK); return 1;                                 \
-    case RKE_Q8_0: *out = ENTRY(q8_0, isa, 34, QK); return 1;                                 \
-    case RKE_IQ4_NL: *out = ENTRY(iq4_nl, isa, 18, QK); return 1;                             \
+    case RKE_F32: *out = ENTRY(f32, float_isa, 4, 1); return 1;                               \
+    case RKE_F16: *out = ENTRY(f16, float_isa, 2, 1); return 1;                               \
+    case RKE_BF16: *out = ENTRY(bf16, float_isa, 2, 1); return 1;                             \
+    case RKE_Q4_0: *out = ENTRY(q4_0, quant_isa, 18, QK); return 1;                           \
+    case RKE_Q4_1: *out = ENTRY(q4_1, quant_isa, 20, QK); return 1;                           \
+    case RKE_Q5_0: *out = ENTRY(q5_0, quant_isa, 22, QK); return 1;                           \
+    case RKE_Q5_1: *out = ENTRY(q5_1, quant_isa, 24, QK); return 1;                           \
+    case RKE_Q8_0: *out = ENTRY(q8_0, quant_isa, 34, QK); return 1;                           \
+    case RKE_IQ4_NL: *out = ENTRY(iq4_nl, quant_isa, 18, QK); return 1;                       \
     default: return 0;                                                                        \
     }
 
 static int find_kernel(int impl, int qtype, kernel_entry *out) {
     if (impl == RKE_IMPL_SCALAR) {
-        ENTRIES(scalar)
+        ENTRIES(scalar, scalar)
     }
 #if RKE_X86
     if (impl == RKE_IMPL_AVX2) {
-        ENTRIES(avx2)
+        ENTRIES(avx2, avx2)
     }
 #endif
 #if RKE_HAVE_AVXVNNI
     if (impl == RKE_IMPL_AVXVNNI) {
-        switch (qtype) {
-        case RKE_Q4_0: *out = ENTRY(q4_0, avxvnni, 18, QK); return 1;
-        case RKE_Q4_1: *out = ENTRY(q4_1, avxvnni, 20, QK); return 1;
-        case RKE_Q5_0: *out = ENTRY(q5_0, avxvnni, 22, QK); return 1;
-        case RKE_Q5_1: *out = ENTRY(q5_1, avxvnni, 24, QK); return 1;
-        case RKE_Q8_0: *out = ENTRY(q8_0, avxvnni, 34, QK); return 1;
-        case RKE_IQ4_NL: *out = ENTRY(iq4_nl, avxvnni, 18, QK); return 1;
-        default: return find_kernel(RKE_IMPL_AVX2, qtype, out);
-        }
+        ENTRIES(avx2, avxvnni)
     }
 #endif
     return 0;

@@ -17,16 +17,15 @@ static inline float hsum8(__m256 acc) {
     return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
 }
 
-/* fp16 bits -> 8 copies as float32 */
-static inline __m256 broadcast_fp16(uint16_t h) {
-    return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
-}
-
 static inline uint16_t load_u16(const uint8_t *p) {
     uint16_t v;
     memcpy(&v, p, sizeof v);
     return v;
 }
+
+/* The fp16 at p (unaligned) as float32, in rke_fp16_table: a pointer, so that _mm256_broadcast_ss
+ * of it stays one load (a broadcast from a register takes a shuffle-port uop). */
+static inline const float *fp16_at(const uint8_t *p) { return &rke_fp16_table[load_u16(p)]; }
 
 #endif
 #endif

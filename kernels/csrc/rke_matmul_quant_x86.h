@@ -161,11 +161,11 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const uint8_t *blk = w + r * row_bytes + b * bsize;
-            const __m256 dw = _mm256_broadcast_ss(&rke_fp16_table[load_u16(blk)]);
+            const __m256 dw = _mm256_broadcast_ss(fp16_at(blk));
             const __m256 term = _mm256_mul_ps(lanes(kind, unpack(kind, blk), xv, offset),
                                               _mm256_mul_ps(dw, dx));
             acc[r] = _mm256_add_ps(acc[r], term);
-            if (has_min(kind)) accm[r] = accm[r] + rke_fp16_table[load_u16(blk + 2)] * sdx;
+            if (has_min(kind)) accm[r] = accm[r] + *fp16_at(blk + 2) * sdx;
         }
     }
 #pragma GCC unroll 4
@@ -228,8 +228,8 @@ static inline __attribute__((always_inline)) void tile4(const int kind, const ui
         for (int r = 0; r < nr; r++) {
             const uint8_t *blk = w + r * row_bytes + b * bsize;
             wq[r] = unpack(kind, blk);
-            scales[r] = _mm256_mul_ps(_mm256_broadcast_ss(&rke_fp16_table[load_u16(blk)]), dx);
-            if (has_min(kind)) mw[r] = rke_fp16_table[load_u16(blk + 2)];
+            scales[r] = _mm256_mul_ps(_mm256_broadcast_ss(fp16_at(blk)), dx);
+            if (has_min(kind)) mw[r] = *fp16_at(blk + 2);
         }
 #pragma GCC unroll 4
         for (int t = 0; t < 4; t++) {
