@@ -9,11 +9,13 @@ quantize_row_q8_0 rules with a float32 scale):
     amax = max |x_j| (NaNs ignored);  d = amax / 127;  id = min(1 / d, FLT_MAX), or 0 if d == 0
     qs_j = round_half_away(clamp(x_j * id, -127, 127));  s = sum_j qs_j
 Then, for output y[t, r] (all float32, each operation rounded on its own, no FMA):
-    float weights:  lane i of 8 takes columns c = i (mod 8) in order: acc_i += w[c] * x[c]
-    quantized:      per block b, lane_i = sum_{j=4i..4i+3} wq_j * qs_j (an exact integer), and
-                    acc_i += float(lane_i) * (dw_b * dx_b); q4_1 / q5_1 also
-                    accm += mw_b * (dx_b * float(s_b))
-    y = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))  [+ accm]
+    float weights:  lane i of 8 takes columns c = i (mod 8) in order: acc_i += w[c] * x[c];
+                    y = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))
+    quantized:      per block b in order, isum_b = sum_j wq_j * qs_j (an exact integer) and
+                    acc += float(isum_b) * (dw_b * dx_b); q4_1 / q5_1 also
+                    accm += mw_b * (dx_b * float(s_b));  y = acc [+ accm]
+A whole block's integer sum before any rounding is what lets the C kernels put 8 tokens (prompts)
+or 4 rows (decode) in the lanes of one register: one float multiply-add per block and output.
 wq is the signed weight quant: q - 8 (q4_0), q - 16 (q5_0), qs (q8_0), IQ4_NL_VALUES[q] (iq4_nl);
 q itself for q4_1 / q5_1.
 
@@ -22,8 +24,8 @@ inputs (non-finite activations give defined, memory-safe, but meaningless result
 exact y = sum_c W[r, c] x[c] (u = 2^-24, nb = n / 32 blocks, d_b = amax_b / 127):
     float weights: |y - exact| <= (ceil(n / 8) + 8) * 2u * sum_c |W_c x_c|
     quantized:     |y - exact| <= sum_c |W_c| e_b
-                                  + (nb + 8) * 2u * sum_c (|W_c| + 2|m_b|) (|x_c| + d_b)
-                                  + (nb + 8) * n * 2^-149
+                                  + (nb + 2) * 2u * sum_c (|W_c| + 2|m_b|) (|x_c| + d_b)
+                                  + (nb + 2) * n * 2^-149
 where e_b = 0.50002 d_b bounds |x_c - d_b qs_c| (half a step, plus the rounding of x * id), or
 e_b = amax_b for blocks with amax_b < 2^-118, whose d is subnormal (such activations are noise).
 tests/test_kernels_matvec.py checks these against gguf-py's float64 dequantization.
@@ -140,6 +142,11 @@ def _lanes_sum(terms: np.ndarray) -> np.ndarray:
     return np.add.accumulate(terms, axis=-2)[..., -1, :] + np.float32(0)
 
 
+def _block_sum(terms: np.ndarray) -> np.ndarray:
+    """(..., nb) float32 -> (...): ((0 + t_0) + t_1) + ... in block order (see _lanes_sum)."""
+    return np.add.accumulate(terms, axis=-1)[..., -1] + np.float32(0)
+
+
 def _hsum8(acc: np.ndarray) -> np.ndarray:
     """(..., 8) -> (...): the reduction tree of rke_hsum8."""
     t = acc[..., :4] + acc[..., 4:]
@@ -161,19 +168,14 @@ def _matmul_quant(
     d: np.ndarray, m: np.ndarray | None, wq: np.ndarray, xq: np.ndarray
 ) -> np.ndarray:
     """d, m (rows, nb), wq (rows, nb, 32) int8, xq (T, nb) Q8X -> (T, rows)."""
-    rows, nb = d.shape
-    w4 = wq.astype(np.int32).reshape(rows, nb, 8, 4)
-    x4 = xq["qs"].astype(np.int32).reshape(-1, nb, 8, 4)
-    lanes = np.einsum("rbik,tbik->trbi", w4, x4).astype(np.float32)  # (T, rows, nb, 8), exact
+    isum = np.einsum("rbj,tbj->trb", wq.astype(np.int32), xq["qs"].astype(np.int32))  # exact
     dx = xq["d"]  # (T, nb)
     scale = d[None, :, :] * dx[:, None, :]  # (T, rows, nb)
-    y = _hsum8(_lanes_sum(lanes * scale[..., None]))  # (T, rows)
+    y = _block_sum(isum.astype(np.float32) * scale)  # (T, rows)
     if m is None:
         return y
     sdx = dx * xq["s"].astype(np.float32)  # (T, nb)
-    terms = m[None, :, :] * sdx[:, None, :]  # (T, rows, nb)
-    accm = _lanes_sum(terms[..., None])[..., 0]
-    return y + accm
+    return y + _block_sum(m[None, :, :] * sdx[:, None, :])
 
 
 def matmul(qtype: GGMLType, w: np.ndarray, n_rows: int, n_cols: int, x: np.ndarray) -> np.ndarray:

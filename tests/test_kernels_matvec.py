@@ -129,8 +129,8 @@ def error_bound(
     float weights: (ceil(n/8) + 8) * 2u * sum_c |W_c x_c|
     quantized:     sum_c |W_c| * e_b                      (activation quantization: e_b is
                    0.50002 * amax_b / 127, or amax_b itself in tiny blocks, amax_b < 2^-118)
-                 + (nb + 8) * 2u * sum_c (|W_c| + 2|m_b|) * (|x_c| + d_b)   (float32 rounding)
-                 + (nb + 8) * n * 2^-149                    (subnormal results round absolutely)
+                 + (nb + 2) * 2u * sum_c (|W_c| + 2|m_b|) * (|x_c| + d_b)   (float32 rounding)
+                 + (nb + 2) * n * 2^-149                    (subnormal results round absolutely)
     """
     wd = np.abs(dequantize64(qtype, w, n_rows, n_cols))
     xa = np.abs(x.astype(np.float64))
@@ -142,8 +142,8 @@ def error_bound(
     e = np.repeat(np.where(amax < 2.0**-118, amax, 0.50002 * amax / 127), 32)  # (n_cols,)
     m = np.repeat(block_minimums(qtype, w, n_rows, n_cols), 32, axis=1)  # (n_rows, n_cols)
     quantization = wd @ e
-    rounding = (nb + 8) * 2 * U * ((wd + 2 * m) * (xa + d)).sum(axis=1)
-    subnormal = (nb + 8) * n_cols * 2.0**-149  # rounding that is absolute, not relative
+    rounding = (nb + 2) * 2 * U * ((wd + 2 * m) * (xa + d)).sum(axis=1)
+    subnormal = (nb + 2) * n_cols * 2.0**-149  # rounding that is absolute, not relative
     return quantization + rounding + subnormal
 
 
@@ -225,13 +225,17 @@ def test_matvec_extreme_blocks(qtype: GGMLType, kind: str) -> None:
     w = quant_blocks(qtype, n_rows, n_cols, rng, kind)
     # all-positive and alternating activations make every lane reach its largest magnitude
     # and tiny ones make dw * dx subnormal in float32
-    for x in (
+    xs = (
         np.full(n_cols, 3.0, np.float32),
         np.tile(np.float32([-3, 3]), n_cols // 2),
         activations(n_cols, rng),
         activations(n_cols, rng) * np.float32(1e-36),
-    ):
+    )
+    for x in xs:
         check_all_backends(qtype, w, n_rows, n_cols, x)
+    # the same in the prompt kernels' token groups (8 tokens in a register) and past them; the
+    # largest unsigned quants against x = 127 take the AVX2 int16 pair sums to their limit
+    check_matmul(qtype, w, n_rows, n_cols, np.stack([xs[i % 4] for i in (0, 1, 0, 2, 0, 3, 1, 0, 1, 2, 3)]))
     if kind == "zero":
         assert not reference.matvec(qtype, w, n_rows, n_cols, x).any()
 
@@ -253,6 +257,8 @@ def test_q8_0_extremes_by_hand() -> None:
     for name in BACKENDS:
         y = dispatch.load(name).matvec(GGMLType.Q8_0, w, 1, 32, x)
         assert y[0] == -128 * 127 * 32
+        y = dispatch.load(name).matmul(GGMLType.Q8_0, w, 1, 32, np.stack([x] * 8 + [-x]))
+        assert (y[:8, 0] == -128 * 127 * 32).all() and y[8, 0] == 128 * 127 * 32
 
 
 def test_iq4_nl_extremes_by_hand() -> None:
@@ -266,6 +272,8 @@ def test_iq4_nl_extremes_by_hand() -> None:
         assert y[0] == 16 * (-127 * 127) + 16 * (113 * 127)
         y = dispatch.load(name).matvec(GGMLType.IQ4_NL, w, 1, 32, -x)  # the sign trick's other side
         assert y[0] == -(16 * (-127 * 127) + 16 * (113 * 127))
+        y = dispatch.load(name).matmul(GGMLType.IQ4_NL, w, 1, 32, np.stack([x, -x] * 5))
+        assert (y[:, 0] == np.tile([1, -1], 5) * (16 * (-127 * 127) + 16 * (113 * 127))).all()
 
 
 def test_q4_1_by_hand() -> None:
@@ -315,7 +323,7 @@ def check_matmul(qtype: GGMLType, w: np.ndarray, n_rows: int, n_cols: int, x: np
 def test_every_finite_fp16_scale(qtype: GGMLType) -> None:
     """The AVX2 kernels look block scales (and q4_1's minimums) up in a 65536-entry table: every
     finite fp16 value, subnormals and both zeros included, as d and as m, through matvec and the
-    4-token prompt tiles (5 tokens: one group and a leftover)."""
+    prompt kernels (9 tokens: a group of 8 and one left)."""
     rng = np.random.default_rng(7)
     finite = np.array([h for h in range(65536) if (h >> 10) & 0x1F != 0x1F], np.uint16)  # 63488
     n_cols = 1024
@@ -326,20 +334,20 @@ def test_every_finite_fp16_scale(qtype: GGMLType) -> None:
     blocks[..., 0:2] = finite.reshape(n_rows, nb).view(np.uint8).reshape(n_rows, nb, 2)
     if qtype == GGMLType.Q4_1:
         blocks[..., 2:4] = rng.permutation(finite).reshape(n_rows, nb).view(np.uint8).reshape(n_rows, nb, 2)
-    x = np.stack([activations(n_cols, rng) for _ in range(5)])
+    x = np.stack([activations(n_cols, rng) for _ in range(9)])
     for t in range(2):
         check_all_backends(qtype, w, n_rows, n_cols, x[t])
     check_matmul(qtype, w, n_rows, n_cols, x)
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q5_1], ids=lambda t: t.name)
-def test_matmul_rows_wider_than_the_grouped_scales(qtype: GGMLType) -> None:
-    """Past 512 blocks a row (16384 columns) the prompt kernel has no room for a token group's
-    scales and takes the decode tile for every token: the same bits either way."""
+def test_matmul_long_rows_in_token_groups(qtype: GGMLType) -> None:
+    """513 blocks a row (16416 columns), 7 rows (a 4-row tile and 3 left) and 16 tokens (two
+    groups of 8): every block of a long row through the prompt kernel's group tiles."""
     rng = np.random.default_rng([int(qtype), 513])
     n_rows, n_cols = 7, 513 * 32
     w = quant_blocks(qtype, n_rows, n_cols, rng)
-    check_matmul(qtype, w, n_rows, n_cols, np.stack([activations(n_cols, rng) for _ in range(6)]))
+    check_matmul(qtype, w, n_rows, n_cols, np.stack([activations(n_cols, rng) for _ in range(16)]))
 
 
 @pytest.mark.parametrize(

@@ -83,11 +83,14 @@ def _cpu_busy_s() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def run_measured(what: str, cmd: list[str]) -> tuple[dict[str, Any], float | None]:
-    """Run a command that prints one JSON object -> (that object, share of the CPUs others used meanwhile)."""
+def run_measured(what: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float | None]:
+    """Run a command that prints one JSON object -> (that object, share of the CPUs others used meanwhile).
+
+    env: variables to set for the command on top of this process's environment."""
     busy0, start = _cpu_busy_s(), time.perf_counter()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, **env} if env else None)
     wall = time.perf_counter() - start
     busy1 = _cpu_busy_s()
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -110,7 +113,8 @@ def bench_file(path: Path, args: argparse.Namespace, work: Path) -> dict[str, An
     ours, ours_foreign = run_measured("rwkv-edge bench", [
         sys.executable, "-m", "rwkv_edge", "bench", str(path), "--threads", str(args.threads),
         "--tokens", str(args.tokens), "--prompt", str(args.prompt), "--prompt-runs", str(args.prompt_runs),
-        "--probe-mib", str(args.probe_mib), "--json"])
+        "--probe-mib", str(args.probe_mib), "--json"],
+        {"RWKV_EDGE_KERNELS": args.kernels} if args.kernels else None)
     row: dict[str, Any] = {"file": str(path), "ours": ours, "ours_foreign_cpu": ours_foreign,
                            "llama": None, "llama_foreign_cpu": None, "llama_note": None}
     if ours["version"] == "4":
@@ -129,7 +133,8 @@ def bench_file(path: Path, args: argparse.Namespace, work: Path) -> dict[str, An
     if pattern:
         cmd += ["--repack", pattern]
     try:
-        row["llama"], row["llama_foreign_cpu"] = run_measured("llama_bench.py", cmd)
+        row["llama"], row["llama_foreign_cpu"] = run_measured(
+            "llama_bench.py", cmd, {"LLAMA_CPP_LIB_PATH": args.llama_lib} if args.llama_lib else None)
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as err:
         row["llama_note"] = " ".join(str(err).split())
     return row
@@ -166,9 +171,11 @@ def _pair(a: float, b: float | None, fmt: str) -> str:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The table for docs/benchmarks.md, with the machine, commit and command above it."""
     first = rows[0]["ours"] if rows else {}
+    llama_info = next((row["llama"]["system_info"] for row in rows if row["llama"]), "not run")
     lines = [
         (f"{meta['date']}, commit {meta['commit']}, {meta['cpu']} ({meta['cpus']} CPUs), "
         f"{first.get('threads', '?')} threads, rwkv-edge kernels {first.get('backend', '?')}."),
+        f"llama.cpp build: `{' '.join(llama_info.split())}`",
         f"Command: `{meta['command']}`",
         "",
         ("| model, type | file MiB | read/token MiB | read GB/s | bound ms | decode ms/token rwkv-edge | llama.cpp "
@@ -219,6 +226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llama-python", default=DEFAULT_LLAMA_PYTHON, help="a Python with llama-cpp-python")
     p.add_argument("--no-llama-repack", dest="llama_repack", action="store_false",
                    help="do not let llama.cpp repack Q4_0 matrices (its default on CPUs without AMX)")
+    p.add_argument("--llama-lib", default=None,
+                   help="a directory with another build of libllama.so (LLAMA_CPP_LIB_PATH), e.g. an AVX2-only one")
+    p.add_argument("--kernels", default=None, help="rwkv-edge kernels to time (RWKV_EDGE_KERNELS; default: automatic)")
     p.add_argument("--no-llama", action="store_true", help="time rwkv-edge only")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     args = p.parse_args(argv)

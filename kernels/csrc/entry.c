@@ -69,11 +69,35 @@ typedef struct {
     rke_quantize_fn quantize;
     const float *x;
     rke_block_q8x *xq;
+    int64_t nb;           /* blocks per token */
+    int64_t group_blocks; /* items that are a group's block (rke_block_q8x8), before the rest */
 } quantize_ctx;
 
+/* 8 tokens' block, quantized one by one, side by side as rke_internal.h's rke_block_q8x8 */
+static void interleave(const rke_block_q8x tokens[8], rke_block_q8x8 *out) {
+    for (int k = 0; k < 8; k++) {
+        out->d[k] = tokens[k].d;
+        out->s[k] = tokens[k].s;
+        for (int g = 0; g < 8; g++) memcpy(out->qs[g][k], tokens[k].qs + 4 * g, 4);
+    }
+}
+
+/* items: each group's blocks (group i / nb, block i % nb), then the remaining tokens' q8x blocks */
 static void quantize_task(const void *ctx, int64_t begin, int64_t end) {
     const quantize_ctx *c = ctx;
-    c->quantize(c->x + begin * QK, c->xq + begin, end - begin);
+    int64_t i = begin;
+    for (; i < end && i < c->group_blocks; i++) {
+        const int64_t group = i / c->nb, b = i % c->nb;
+        rke_block_q8x tokens[8];
+        for (int k = 0; k < 8; k++) {
+            c->quantize(c->x + ((8 * group + k) * c->nb + b) * QK, &tokens[k], 1);
+        }
+        interleave(tokens, (rke_block_q8x8 *)c->xq + i);
+    }
+    if (i < end) { /* past the groups: q8x block p, where the groups' 8 * group_blocks end */
+        const int64_t p = 8 * c->group_blocks + (i - c->group_blocks);
+        c->quantize(c->x + p * QK, c->xq + p, end - i);
+    }
 }
 
 typedef struct {
@@ -114,8 +138,9 @@ static int run(rke_pool *pool, int impl, int qtype, const void *w, const float *
     }
     c.x = x;
     if (c.k.block_elems == QK) {
-        const quantize_ctx q = {find_quantizer(impl), x, xq};
-        rke_pool_run(pool, quantize_task, &q, n_tokens * (n_cols / QK), 512);
+        const int64_t nb = n_cols / QK, grouped = rke_grouped_tokens(n_tokens);
+        const quantize_ctx q = {find_quantizer(impl), x, xq, nb, grouped / 8 * nb};
+        rke_pool_run(pool, quantize_task, &q, q.group_blocks + (n_tokens - grouped) * nb, 128);
         c.x = xq;
     }
     const int64_t row_bytes = n_cols / c.k.block_elems * c.k.block_bytes;

@@ -1,5 +1,5 @@
 /* y = W x and Y = X W^T for q4_0, q4_1, q5_0, q5_1, q8_0 and iq4_nl weights against q8x activations,
- * portable C: exact int32 lane sums per block, then the float32 accumulation of rke_internal.h. */
+ * portable C: a block's exact int32 sum, then the float32 accumulation of rke_internal.h. */
 #include "rke_internal.h"
 
 /* Each unpack gives the block's 32 weight quants as the integers the dot product uses:
@@ -43,28 +43,29 @@ static void unpack_iq4_nl(const rke_block_iq4_nl *b, int8_t q[32]) {
     }
 }
 
-/* acc[i] += lane i of one block: the exact sum over elements 4i..4i+3, times the block scale */
-static void accumulate_block(float acc[8], const int8_t wq[32], const int8_t xq[32],
-                             float scale) {
-    for (int i = 0; i < 8; i++) {
-        int32_t lane = 0;
-        for (int k = 0; k < 4; k++) lane += (int32_t)wq[4 * i + k] * (int32_t)xq[4 * i + k];
-        acc[i] = acc[i] + (float)lane * scale;
+/* the exact integer sum of a block's 32 products */
+static int32_t block_isum(const int8_t wq[32], rke_act_block a) {
+    int32_t isum = 0;
+    for (int g = 0; g < 8; g++) {
+        for (int i = 0; i < 4; i++) isum += (int32_t)wq[4 * g + i] * (int32_t)a.qs[g * a.gstride + i];
     }
+    return isum;
 }
 
-/* HAS_MIN: the type stores m, whose term m * sum(x) is the ninth accumulator */
+/* HAS_MIN: the type stores m, whose term m * sum(x) is the second accumulator. Token t of the
+ * n_tokens in x's layout (rke_act_at). */
 #define DOT_QUANT(t, HAS_MIN)                                                                 \
-    static float dot_##t(const rke_block_##t *w, const rke_block_q8x *x, int64_t nb) {        \
-        float acc[8] = {0};                                                                   \
-        float accm = 0.0f;                                                                    \
+    static float dot_##t(const rke_block_##t *w, const rke_block_q8x *x, int64_t nb,          \
+                         int64_t n_tokens, int64_t tok) {                                     \
+        float acc = 0.0f, accm = 0.0f;                                                        \
         for (int64_t b = 0; b < nb; b++) {                                                    \
             int8_t wq[32];                                                                    \
             unpack_##t(&w[b], wq);                                                            \
-            accumulate_block(acc, wq, x[b].qs, rke_fp16_to_f32(w[b].d) * x[b].d);             \
-            if (HAS_MIN) accm = accm + dot_min_##t(&w[b]) * (x[b].d * (float)x[b].s);         \
+            const rke_act_block a = rke_act_at(x, nb, n_tokens, tok, b);                      \
+            acc = acc + (float)block_isum(wq, a) * (rke_fp16_to_f32(w[b].d) * a.d);           \
+            if (HAS_MIN) accm = accm + dot_min_##t(&w[b]) * (a.d * (float)a.s);               \
         }                                                                                     \
-        return HAS_MIN ? rke_hsum8(acc) + accm : rke_hsum8(acc);                              \
+        return HAS_MIN ? acc + accm : acc;                                                    \
     }
 
 /* dot_min_<t>: the fp16 minimum of a block, for the types that have one */
@@ -88,7 +89,7 @@ DOT_QUANT(iq4_nl, 0)
         const int64_t nb = n_cols / QK;                                                       \
         const rke_block_##t *wb = (const rke_block_##t *)w;                                   \
         for (int64_t r = row_begin; r < row_end; r++) {                                       \
-            y[r] = dot_##t(wb + r * nb, (const rke_block_q8x *)x, nb);                        \
+            y[r] = dot_##t(wb + r * nb, (const rke_block_q8x *)x, nb, 1, 0);                  \
         }                                                                                     \
     }                                                                                         \
     void rke_matmul_##t##_scalar(const void *w, const void *x, float *y, int64_t n_tokens,   \
@@ -99,7 +100,7 @@ DOT_QUANT(iq4_nl, 0)
         const rke_block_q8x *xb = (const rke_block_q8x *)x;                                   \
         for (int64_t r = row_begin; r < row_end; r++) {                                       \
             for (int64_t t = 0; t < n_tokens; t++) {                                          \
-                y[t * n_rows + r] = dot_##t(wb + r * nb, xb + t * nb, nb);                    \
+                y[t * n_rows + r] = dot_##t(wb + r * nb, xb, nb, n_tokens, t);                \
             }                                                                                 \
         }                                                                                     \
     }

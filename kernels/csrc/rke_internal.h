@@ -4,13 +4,13 @@
  * The numerics (kernels/reference.py is the executable spec) are fixed so that every
  * implementation returns the same bits:
  *   float weights: lane i (0..7) accumulates columns c = i (mod 8) in column order,
- *                  acc[i] = acc[i] + w[c] * x[c] in float32 (the product rounded, then the sum);
- *   quantized:     per block b, lane i holds the exact int32 sum over elements 4i..4i+3 of
- *                  wq * xq, then acc[i] = acc[i] + (float)lane * (dw * dx); for q4_1 / q5_1 a
- *                  ninth accumulator takes accm = accm + mw * (dx * (float)s);
- *   result:        the tree hsum8 below (+ accm).
- * That is what AVX2 computes with one 8-float register per output, so AVX2 and scalar agree
- * exactly (mul then add, never FMA: -ffp-contract=off).
+ *                  acc[i] = acc[i] + w[c] * x[c] in float32 (the product rounded, then the sum),
+ *                  then the tree rke_hsum8 below;
+ *   quantized:     per block b in order, isum = the exact int32 sum of the block's 32 products
+ *                  wq * xq, then acc = acc + (float)isum * (dw * dx); for q4_1 / q5_1 a second
+ *                  accumulator takes accm = accm + mw * (dx * (float)s), and y = acc + accm.
+ * Mul then add, never FMA (-ffp-contract=off). The quantized rule needs no fixed lanes: AVX2
+ * holds 8 tokens (prompts) or 4 rows (decode) in one register, each lane a whole output.
  */
 #ifndef RKE_INTERNAL_H
 #define RKE_INTERNAL_H
@@ -29,6 +29,39 @@ static_assert(sizeof(rke_block_q5_1) == 24, "q5_1 block must be ggml's 24 bytes"
 static_assert(sizeof(rke_block_q8_0) == 34, "q8_0 block must be ggml's 34 bytes");
 static_assert(sizeof(rke_block_iq4_nl) == 18, "iq4_nl block must be ggml's 18 bytes");
 static_assert(sizeof(rke_block_q8x) == 40, "q8x block is d, s, qs[32]");
+
+/* Prompt activations. rke_matmul quantizes the first rke_grouped_tokens(T) tokens in groups of 8,
+ * a group's block b as one rke_block_q8x8: its 8 tokens side by side, so that one 32-byte load
+ * holds elements 4g..4g+3 of each of them (what a broadcast of 4 weight bytes multiplies). The
+ * group's nb blocks take the place of its 8 tokens' rows of q8x blocks; tokens past the last
+ * whole group keep their q8x rows. */
+typedef struct {
+    float d[8];
+    int32_t s[8];
+    int8_t qs[8][8][4]; /* [g][k][i]: token k's element 4g + i */
+} rke_block_q8x8;
+static_assert(sizeof(rke_block_q8x8) == 8 * sizeof(rke_block_q8x), "a group's block is 8 q8x");
+
+static inline int64_t rke_grouped_tokens(int64_t n_tokens) { return n_tokens & ~(int64_t)7; }
+
+/* token t's block b in either layout: element j at qs[(j / 4) * gstride + j % 4] */
+typedef struct {
+    const int8_t *qs;
+    int64_t gstride;
+    float d;
+    int32_t s;
+} rke_act_block;
+
+static inline rke_act_block rke_act_at(const rke_block_q8x *x, int64_t nb, int64_t n_tokens,
+                                       int64_t t, int64_t b) {
+    if (t < rke_grouped_tokens(n_tokens)) {
+        const rke_block_q8x8 *g = (const rke_block_q8x8 *)x + (t / 8) * nb + b;
+        const int k = (int)(t % 8);
+        return (rke_act_block){&g->qs[0][k][0], 32, g->d[k], g->s[k]};
+    }
+    const rke_block_q8x *p = x + t * nb + b;
+    return (rke_act_block){p->qs, 4, p->d, p->s};
+}
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
 #define RKE_X86 1

@@ -1,13 +1,15 @@
 /* The body of the x86 quantized kernels (y = W x and Y = X W^T against q8x activations), compiled
- * twice: by matmul_quant_avx2.c (RKE_VNNI 0: maddubs and madd make a block's int32 lanes) and by
- * matmul_quant_avxvnni.c (RKE_VNNI 1: one vpdpbusd makes the same integers). Each defines RKE_VNNI and
- * RKE_QUANT_ISA (the name suffix) and turns on its instruction set before including this. Everything
- * past the lanes is shared, so both give the scalar file's bits.
+ * twice: by matmul_quant_avx2.c (RKE_VNNI 0: maddubs and madd make the integer sums) and by
+ * matmul_quant_avxvnni.c (RKE_VNNI 1: vpdpbusd makes them). Each defines RKE_VNNI and
+ * RKE_QUANT_ISA (the name suffix) and turns on its instruction set before including this. A
+ * block's integer sum is exact however it is formed, so both give the scalar file's bits.
  *
- * How, much as ggml does it: unpack a block to 32 bytes (one AND and one shift for the nibbles, then
- * for iq4_nl one byte shuffle that looks the codes up in its 16-value codebook), multiply-add bytes
- * into int32 lanes, then one float multiply and add per block, the block's fp16 scale looked up in
- * rke_fp16_table. The lanes and their order are those of rke_internal.h. */
+ * Prompts (8 or more tokens) put 8 tokens in the lanes of a register: the activations come as
+ * rke_block_q8x8 (rke_internal.h), 4 bytes of each token side by side, and one broadcast of 4
+ * weight bytes multiplies all 8 tokens at once, so a block ends with one int32 sum per token in
+ * its lane and one float multiply and add for 8 outputs (llama.cpp gets the same effect by
+ * repacking the weights at load; this keeps the file's layout). Decode computes 4 rows' lanes
+ * against one token and folds them into a register of 4 rows with two horizontal adds. */
 #ifndef RKE_MATMUL_QUANT_X86_H
 #define RKE_MATMUL_QUANT_X86_H
 
@@ -18,10 +20,21 @@ static inline int64_t block_bytes(const int kind) {
     return bytes[kind];
 }
 
-/* the weight bytes are signed (q8_0's qs, iq4_nl's codebook values), not unsigned quants */
+/* the weight quants are signed (q8_0's qs, iq4_nl's codebook values), not unsigned q */
 static inline int is_signed(const int kind) { return kind == KIND_Q8_0 || kind == KIND_IQ4_NL; }
 
 static inline int has_min(const int kind) { return kind == KIND_Q4_1 || kind == KIND_Q5_1; }
+
+/* log2 of what unpack_unsigned's bytes exceed the spec's wq by: wq = u - (1 << shift) */
+static inline int offset_shift(const int kind) {
+    switch (kind) {
+    case KIND_Q4_0: return 3;
+    case KIND_Q5_0: return 4;
+    case KIND_Q8_0:
+    case KIND_IQ4_NL: return 7;
+    default: return -1; /* no offset */
+    }
+}
 
 /* 16 bytes of nibbles -> 32 bytes in 0..15: element j is the low nibble of byte j and element
  * j + 16 its high nibble, so the shifted copy is simply the upper half */
@@ -47,103 +60,101 @@ static inline __m256i unpack_fifth_bits(const uint8_t *qh) {
     return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-/* A block's 32 weight quants as bytes: unsigned q for the nibble types (q4_0 and q5_0 take
- * their offset through `offset_pairs`), signed qs for q8_0. */
-static inline __m256i unpack(const int kind, const uint8_t *blk) {
+/* ggml's kvalues_iq4nl plus `bias`, in both 128-bit halves (pshufb looks up within a half) */
+static inline __m256i iq4_nl_values(const int bias) {
+    return _mm256_add_epi8(_mm256_broadcastsi128_si256(_mm_setr_epi8(
+                               -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69,
+                               89, 113)),
+                           _mm256_set1_epi8((char)bias));
+}
+
+/* A block's 32 weight quants as unsigned bytes u = wq + (1 << offset_shift): q for the nibble
+ * types, qs + 128 for q8_0, the codebook value + 128 for iq4_nl (all below 256). */
+static inline __m256i unpack_unsigned(const int kind, const uint8_t *blk) {
     switch (kind) {
     case KIND_Q4_0: return unpack_nibbles(blk + 2);
     case KIND_Q4_1: return unpack_nibbles(blk + 4);
     case KIND_Q5_0: return _mm256_or_si256(unpack_nibbles(blk + 6), unpack_fifth_bits(blk + 2));
     case KIND_Q5_1: return _mm256_or_si256(unpack_nibbles(blk + 8), unpack_fifth_bits(blk + 4));
-    case KIND_IQ4_NL: {
-        /* ggml's kvalues_iq4nl in both 128-bit halves: pshufb looks up within a half */
-        const __m256i values = _mm256_broadcastsi128_si256(_mm_setr_epi8(
-            -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113));
-        return _mm256_shuffle_epi8(values, unpack_nibbles(blk + 2));
-    }
-    default: return _mm256_loadu_si256((const __m256i *)(blk + 2));
+    case KIND_IQ4_NL: return _mm256_shuffle_epi8(iq4_nl_values(128), unpack_nibbles(blk + 2));
+    default:
+        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)),
+                                _mm256_set1_epi8((char)0x80));
     }
 }
 
+/* The signed quants of q8_0 and iq4_nl (maddubs without VNNI: u * x pairs could saturate). */
+static inline __m256i unpack_signed(const int kind, const uint8_t *blk) {
+    if (kind == KIND_IQ4_NL) return _mm256_shuffle_epi8(iq4_nl_values(0), unpack_nibbles(blk + 2));
+    return _mm256_loadu_si256((const __m256i *)(blk + 2));
+}
+
+/* The quants as the products take them: unsigned everywhere but the signed types without VNNI. */
+static inline __m256i unpack(const int kind, const uint8_t *blk) {
+    return (!RKE_VNNI && is_signed(kind)) ? unpack_signed(kind, blk) : unpack_unsigned(kind, blk);
+}
+
+/* int32 lane i = sum over elements 4i..4i+3 of the unpacked quants times x: u * x, or w * x for
+ * the signed types without VNNI (w's sign moved onto x: no int16 pair saturates, |w| <= 128 and
+ * |x| <= 127; unsigned pairs stay below 2 * 31 * 127). */
+static inline __m256i lanes(const int kind, __m256i q, __m256i x) {
 #if RKE_VNNI
-/* Minus offset * (x[4i] + ... + x[4i+3]) in int32 lane i, the value q4_0's and q5_0's lanes start
- * from, so that one vpdpbusd leaves the lanes of q - 8 or q - 16: one per activation block, shared by
- * all rows of a tile. */
-static inline __m256i offset_pairs(const int kind, __m256i x) {
-    const __m256i zero = _mm256_setzero_si256();
-    if (kind == KIND_Q4_0) {
-        return _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, _mm256_set1_epi8(8), x));
-    }
-    if (kind == KIND_Q5_0) {
-        return _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, _mm256_set1_epi8(16), x));
-    }
-    return zero;
-}
+    (void)kind;
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, x);
 #else
-/* The int16 pairs offset * (x[2k] + x[2k+1]) that turn q4_0's q and q5_0's q into the signed
- * q - 8 and q - 16: one per activation block, shared by all rows of a tile. */
-static inline __m256i offset_pairs(const int kind, __m256i x) {
-    if (kind == KIND_Q4_0) return _mm256_maddubs_epi16(_mm256_set1_epi8(8), x);
-    if (kind == KIND_Q5_0) return _mm256_maddubs_epi16(_mm256_set1_epi8(16), x);
-    return _mm256_setzero_si256();
-}
+    const __m256i pairs = is_signed(kind)
+                              ? _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
+                              : _mm256_maddubs_epi16(q, x);
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 #endif
-
-#if RKE_VNNI
-/* int32 lane i = sum over elements 4i..4i+3 of w * x, as float: vpdpbusd adds the four
- * unsigned-by-signed byte products to the lane without saturating, the same exact integers as
- * maddubs and madd make below (q8_0 and iq4_nl take the sign trick, the _0 types start from their
- * offset lanes). */
-static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset) {
-    if (is_signed(kind)) {
-        return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(
-            _mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)));
-    }
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(offset, w, x));
 }
-#else
-/* int32 lane i = sum over elements 4i..4i+3 of w * x, as float (exact: |lane| < 2^17).
- * maddubs multiplies unsigned by signed bytes: q8_0 and iq4_nl pass |w| and x with w's sign (no
- * int16 pair saturates: |w| <= 128 and |x| <= 127); the nibble types pass q >= 0 as it is, then
- * the _0 types subtract their offset pairs (|pair| <= 2 * 31 * 127, no overflow). */
-static inline __m256 lanes(const int kind, __m256i w, __m256i x, __m256i offset) {
-    __m256i pairs;
-    if (is_signed(kind)) {
-        pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    } else if (has_min(kind)) {
-        pairs = _mm256_maddubs_epi16(w, x);
-    } else {
-        pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(w, x), offset);
-    }
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-}
-#endif
 
-/* Decode: rows [0, nr) of w against one token. A tile's rows are consecutive, so it reads one
- * region of memory; meanwhile it prefetches, in address order, the region NEXT_TILE_DISTANCE
- * bytes past the start of the next tile (nr * bsize bytes per block step, the pace at which
- * this tile consumes its own; ahead0 and limit are byte offsets from w: where that region
- * starts, and the end of the rows this call may touch, 0 for none). Per-row prefetching a few blocks ahead, as ggml does, left one
- * thread at half the probe's bandwidth on 2048-column rows: the rows are short, so most of
- * those prefetches hit lines already on their way, and the next tile's lines were never asked
- * for early. Each row's block is finished before the next row's is unpacked: fewer live
- * registers than the prompt tile (no spills). */
+/* what the unsigned quants' sum exceeds the spec's by: (1 << offset_shift) * s */
+static inline int32_t offset_of(const int kind, int32_t s) {
+    if ((!RKE_VNNI && is_signed(kind)) || offset_shift(kind) < 0) return 0;
+    return (int32_t)((uint32_t)s << offset_shift(kind));
+}
+
+static inline int32_t hsum_epi32(__m256i v) {
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
+    return _mm_cvtsi128_si32(t);
+}
+
+/* One row against one token (rows past the last 4-row tile, tokens past the last group). */
+static inline float decode_row(const int kind, const uint8_t *w, const rke_block_q8x *x,
+                               int64_t nb) {
+    const int64_t bsize = block_bytes(kind);
+    float acc = 0.0f, accm = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bsize;
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const int32_t isum = hsum_epi32(lanes(kind, unpack(kind, blk), xv)) - offset_of(kind, x[b].s);
+        acc = acc + (float)isum * (*fp16_at(blk) * x[b].d);
+        if (has_min(kind)) accm = accm + *fp16_at(blk + 2) * (x[b].d * (float)x[b].s);
+    }
+    return has_min(kind) ? acc + accm : acc;
+}
+
+/* Decode: 4 consecutive rows against one token, the rows' float sums in lanes 0..3 of one
+ * register. A tile reads one region of memory; meanwhile it prefetches, in address order, the
+ * region NEXT_TILE_DISTANCE bytes past the start of the next tile (4 * bsize bytes per block
+ * step, the pace at which this tile consumes its own; ahead0 and limit are byte offsets from w:
+ * where that region starts, and the end of the rows this call may touch, 0 for none). Per-row
+ * prefetching a few blocks ahead, as ggml does, left one thread at half the probe's bandwidth on
+ * 2048-column rows: the rows are short, so most of those prefetches hit lines already on their
+ * way, and the next tile's lines were never asked for early. */
 #ifndef NEXT_TILE_DISTANCE
 #define NEXT_TILE_DISTANCE 2048
 #endif
 static inline __attribute__((always_inline)) void decode_tile(const int kind, const uint8_t *w,
                                                               const rke_block_q8x *x, float *y,
                                                               int64_t nb, int64_t row_bytes,
-                                                              const int nr, const int64_t ahead0,
+                                                              const int64_t ahead0,
                                                               const int64_t limit) {
-    const int64_t bsize = block_bytes(kind), step = nr * bsize;
-    __m256 acc[4];
-    float accm[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        acc[r] = _mm256_setzero_ps();
-        accm[r] = 0.0f;
-    }
+    const int64_t bsize = block_bytes(kind), step = 4 * bsize;
+    __m128 acc = _mm_setzero_ps(), accm = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         /* offsets from w, so no pointer is formed past the chunk; a step (<= 4 * 34 bytes) may
          * touch a fourth line, which the next step's first prefetch covers */
@@ -155,23 +166,28 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
         }
         const rke_block_q8x *xb = x + b;
         const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
-        const __m256i offset = offset_pairs(kind, xv);
-        const __m256 dx = _mm256_set1_ps(xb->d);
-        const float sdx = xb->d * (float)xb->s;
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *blk = w + r * row_bytes + b * bsize;
-            const __m256 dw = _mm256_broadcast_ss(fp16_at(blk));
-            const __m256 term = _mm256_mul_ps(lanes(kind, unpack(kind, blk), xv, offset),
-                                              _mm256_mul_ps(dw, dx));
-            acc[r] = _mm256_add_ps(acc[r], term);
-            if (has_min(kind)) accm[r] = accm[r] + *fp16_at(blk + 2) * sdx;
+        const uint8_t *blk0 = w + b * bsize, *blk1 = blk0 + row_bytes;
+        const uint8_t *blk2 = blk1 + row_bytes, *blk3 = blk2 + row_bytes;
+        /* lanes [r0: 0-7, 8-15, r1: 0-7, 8-15 | r0: 16-23, 24-31, r1: 16-23, 24-31] ... */
+        const __m256i h01 = _mm256_hadd_epi32(lanes(kind, unpack(kind, blk0), xv),
+                                              lanes(kind, unpack(kind, blk1), xv));
+        const __m256i h23 = _mm256_hadd_epi32(lanes(kind, unpack(kind, blk2), xv),
+                                              lanes(kind, unpack(kind, blk3), xv));
+        /* ... [r0..r3 elements 0-15 | r0..r3 elements 16-31], then the halves added */
+        const __m256i h = _mm256_hadd_epi32(h01, h23);
+        __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        isum = _mm_sub_epi32(isum, _mm_set1_epi32(offset_of(kind, xb->s)));
+        const __m128 dw = _mm_setr_ps(*fp16_at(blk0), *fp16_at(blk1), *fp16_at(blk2),
+                                      *fp16_at(blk3));
+        const __m128 scale = _mm_mul_ps(dw, _mm_set1_ps(xb->d));
+        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(isum), scale));
+        if (has_min(kind)) {
+            const __m128 mw = _mm_setr_ps(*fp16_at(blk0 + 2), *fp16_at(blk1 + 2),
+                                          *fp16_at(blk2 + 2), *fp16_at(blk3 + 2));
+            accm = _mm_add_ps(accm, _mm_mul_ps(mw, _mm_set1_ps(xb->d * (float)xb->s)));
         }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++) {
-        y[r] = has_min(kind) ? hsum8(acc[r]) + accm[r] : hsum8(acc[r]);
-    }
+    _mm_storeu_ps(y, has_min(kind) ? _mm_add_ps(acc, accm) : acc);
 }
 
 /* decode: 4 rows share each activation block; prefetches stay inside [row_begin, row_end) */
@@ -183,114 +199,214 @@ static inline __attribute__((always_inline)) void matvec(const int kind, const v
     const uint8_t *wb = (const uint8_t *)w;
     int64_t r = row_begin;
     for (; r + 4 <= row_end; r += 4) {
-        decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 4,
+        decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes,
                     4 * row_bytes + NEXT_TILE_DISTANCE, (row_end - r) * row_bytes);
     }
-    for (; r < row_end; r++) decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes, 1, 0, 0);
+    for (; r < row_end; r++) y[r] = decode_row(kind, wb + r * row_bytes, x, nb);
 }
 
-/* lane k of s (k in 0..3) in all eight lanes; s holds the same four values in both halves */
-static inline __m256 splat(__m256 s, const int k) {
-    switch (k) {
-    case 0: return _mm256_permute_ps(s, 0x00);
-    case 1: return _mm256_permute_ps(s, 0x55);
-    case 2: return _mm256_permute_ps(s, 0xAA);
-    default: return _mm256_permute_ps(s, 0xFF);
-    }
+/* row r's quants 4g..4g+3 (of the stacked rows at q_mem) in every 32-bit lane: one load */
+static inline __m256i broadcast_quants(const uint8_t *q_mem, const int r, const int g) {
+    int32_t q4;
+    memcpy(&q4, q_mem + 32 * r + 4 * g, 4);
+    return _mm256_set1_epi32(q4);
 }
 
-/* Prompts: outputs y[t * y_stride + r] for nr rows and 4 tokens. dx4[4 b + t] is token t's
- * activation scale for block b, so one multiply gives a row's four scales dw * dx, and a shuffle
- * (on the port the integer work leaves idle) hands each product its own: the same products as
- * the decode tile's, bit for bit, with a quarter of the multiplies. */
-static inline __attribute__((always_inline)) void tile4(const int kind, const uint8_t *w,
-                                                        const rke_block_q8x *x,
-                                                        const float *dx4, float *y, int64_t nb,
-                                                        int64_t row_bytes, int64_t y_stride,
-                                                        const int nr) {
+/* elements 4g..4g+3 of the 8 tokens of each of ng groups' block */
+static inline void load_columns(const rke_block_q8x8 *const xb[2], const int g, const int ng,
+                                __m256i xv[2]) {
+#pragma GCC unroll 2
+    for (int k = 0; k < ng; k++) xv[k] = _mm256_loadu_si256((const __m256i *)xb[k]->qs[g]);
+}
+
+/* Prompts: nr rows (1 or 2) against ng groups of 8 tokens (1 or 2; group k's blocks at
+ * xg + k * nb), lane j of acc[r][k] being token 8k + j's output for row r, written to
+ * y[(8k + j) * y_stride + r]. Per block, each row's quants go to the stack once and come back as
+ * 8 broadcasts of 4 bytes (loads, not shuffles), each multiplied with the 4 bytes of the same
+ * columns of every token: 4 rows x 16 tokens of products per pair of loads. */
+static inline __attribute__((always_inline)) void group_tile(const int kind, const uint8_t *w,
+                                                             const rke_block_q8x8 *xg, float *y,
+                                                             int64_t nb, int64_t row_bytes,
+                                                             int64_t y_stride, const int nr,
+                                                             const int ng) {
     const int64_t bsize = block_bytes(kind);
-    __m256 acc[2][4];
-    float accm[2][4];
+    const int offset = !(!RKE_VNNI && is_signed(kind)) && offset_shift(kind) >= 0;
+    __m256 acc[2][2], accm[2][2];
 #pragma GCC unroll 2
     for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; t++) {
-            acc[r][t] = _mm256_setzero_ps();
-            accm[r][t] = 0.0f;
-        }
+#pragma GCC unroll 2
+        for (int k = 0; k < ng; k++) acc[r][k] = accm[r][k] = _mm256_setzero_ps();
     }
+    _Alignas(32) uint8_t q[2][32];
+    /* the broadcasts read q through a pointer the compiler cannot follow: seeing the stored
+     * register, gcc would otherwise make each broadcast two shuffles on the busiest port */
+    const uint8_t *q_mem = &q[0][0];
+    __asm__("" : "+r"(q_mem));
     for (int64_t b = 0; b < nb; b++) {
-        __m256i wq[2];
-        __m256 scales[2];
-        float mw[2];
-        const __m256 dx = _mm256_broadcast_ps((const __m128 *)(dx4 + 4 * b));
+        const rke_block_q8x8 *xb[2] = {xg + b, xg + nb + b};
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+            _mm256_store_si256((__m256i *)q[r], unpack(kind, w + r * row_bytes + b * bsize));
+        }
+        __m256i isum[2][2];
+#pragma GCC unroll 2
+        for (int k = 0; k < ng; k++) {
+            const __m256i start =
+                offset ? _mm256_sub_epi32(_mm256_setzero_si256(),
+                                          _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)xb[k]->s),
+                                                            offset_shift(kind)))
+                       : _mm256_setzero_si256();
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++) isum[r][k] = start;
+        }
+#if RKE_VNNI
+        /* odd groups into a second sum: two chains of 4 (latency 5 each) instead of one of 8 */
+        __m256i odd[2][2];
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 2
+            for (int k = 0; k < ng; k++) odd[r][k] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+            __m256i xv[2];
+            load_columns(xb, g, ng, xv);
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++) {
+                const __m256i wv = broadcast_quants(q_mem, r, g);
+#pragma GCC unroll 2
+                for (int k = 0; k < ng; k++) {
+                    if (g % 2) {
+                        odd[r][k] = _mm256_dpbusd_avx_epi32(odd[r][k], wv, xv[k]);
+                    } else {
+                        isum[r][k] = _mm256_dpbusd_avx_epi32(isum[r][k], wv, xv[k]);
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 2
+            for (int k = 0; k < ng; k++) isum[r][k] = _mm256_add_epi32(isum[r][k], odd[r][k]);
+        }
+#else
+        if (is_signed(kind)) {
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; g++) {
+                __m256i xv[2];
+                load_columns(xb, g, ng, xv);
+#pragma GCC unroll 2
+                for (int r = 0; r < nr; r++) {
+                    const __m256i wv = broadcast_quants(q_mem, r, g), aw = _mm256_sign_epi8(wv, wv);
+#pragma GCC unroll 2
+                    for (int k = 0; k < ng; k++) {
+                        const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[k], wv));
+                        isum[r][k] = _mm256_add_epi32(isum[r][k], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+                    }
+                }
+            }
+        } else {
+            /* unsigned pair sums stay below 2^15 over 8 groups of 4-bit quants, 4 of 5-bit */
+            const int groups_per_madd = (kind == KIND_Q5_0 || kind == KIND_Q5_1) ? 4 : 8;
+#pragma GCC unroll 2
+            for (int g0 = 0; g0 < 8; g0 += groups_per_madd) {
+                __m256i pairs[2][2];
+#pragma GCC unroll 2
+                for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 2
+                    for (int k = 0; k < ng; k++) pairs[r][k] = _mm256_setzero_si256();
+                }
+#pragma GCC unroll 8
+                for (int g = g0; g < g0 + groups_per_madd; g++) {
+                    __m256i xv[2];
+                    load_columns(xb, g, ng, xv);
+#pragma GCC unroll 2
+                    for (int r = 0; r < nr; r++) {
+                        const __m256i wv = broadcast_quants(q_mem, r, g);
+#pragma GCC unroll 2
+                        for (int k = 0; k < ng; k++) {
+                            pairs[r][k] = _mm256_add_epi16(pairs[r][k], _mm256_maddubs_epi16(wv, xv[k]));
+                            /* kept in order: gcc reassociates the adds into a tree and spills */
+                            __asm__("" : "+x"(pairs[r][k]));
+                        }
+                    }
+                }
+#pragma GCC unroll 2
+                for (int r = 0; r < nr; r++) {
+#pragma GCC unroll 2
+                    for (int k = 0; k < ng; k++) {
+                        isum[r][k] = _mm256_add_epi32(isum[r][k], _mm256_madd_epi16(pairs[r][k], _mm256_set1_epi16(1)));
+                    }
+                }
+            }
+        }
+#endif
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
             const uint8_t *blk = w + r * row_bytes + b * bsize;
-            wq[r] = unpack(kind, blk);
-            scales[r] = _mm256_mul_ps(_mm256_broadcast_ss(fp16_at(blk)), dx);
-            if (has_min(kind)) mw[r] = *fp16_at(blk + 2);
-        }
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; t++) {
-            const rke_block_q8x *xb = x + t * nb + b;
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
-            const __m256i offset = offset_pairs(kind, xv);
+            const __m256 dw = _mm256_broadcast_ss(fp16_at(blk));
 #pragma GCC unroll 2
-            for (int r = 0; r < nr; r++) {
-                const __m256 term = _mm256_mul_ps(lanes(kind, wq[r], xv, offset),
-                                                  splat(scales[r], t));
-                acc[r][t] = _mm256_add_ps(acc[r][t], term);
-                if (has_min(kind)) accm[r][t] = accm[r][t] + mw[r] * (xb->d * (float)xb->s);
+            for (int k = 0; k < ng; k++) {
+                const __m256 dx = _mm256_loadu_ps(xb[k]->d);
+                const __m256 scale = _mm256_mul_ps(dw, dx);
+                acc[r][k] = _mm256_add_ps(acc[r][k], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r][k]), scale));
+                if (has_min(kind)) {
+                    const __m256 sdx = _mm256_mul_ps(dx, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)xb[k]->s)));
+                    accm[r][k] = _mm256_add_ps(accm[r][k], _mm256_mul_ps(_mm256_broadcast_ss(fp16_at(blk + 2)), sdx));
+                }
             }
         }
     }
 #pragma GCC unroll 2
     for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 4
-        for (int t = 0; t < 4; t++) {
-            y[t * y_stride + r] = has_min(kind) ? hsum8(acc[r][t]) + accm[r][t] : hsum8(acc[r][t]);
+#pragma GCC unroll 2
+        for (int k = 0; k < ng; k++) {
+            _Alignas(32) float out[8];
+            _mm256_store_ps(out, has_min(kind) ? _mm256_add_ps(acc[r][k], accm[r][k]) : acc[r][k]);
+            for (int j = 0; j < 8; j++) y[(8 * k + j) * y_stride + r] = out[j];
         }
     }
 }
 
-/* Prompts: tokens in groups of 4, each group against all rows of [row_begin, row_end) (a
- * pool chunk, small enough to stay in L2 across the groups), 2 rows per tile; leftover tokens
- * take the decode tile. The group's scales go to the stack first: up to MAX_GROUP_BLOCKS
- * blocks (16384 columns), beyond which the tile goes without the shared scales. */
-#define MAX_GROUP_BLOCKS 512
+/* Prompts: pairs of token groups (16 tokens) against all rows of [row_begin, row_end) (a pool
+ * chunk, small enough to stay in L2 across the groups), 2 rows per tile; a last single group
+ * takes the same tile with one group, tokens past the last group the decode tiles. */
 static inline __attribute__((always_inline)) void matmul(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_tokens, int64_t n_rows,
                                                          int64_t n_cols, int64_t row_begin,
                                                          int64_t row_end) {
     const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
+    const int64_t grouped = rke_grouped_tokens(n_tokens);
     const uint8_t *wb = (const uint8_t *)w;
-    float dx4[4 * MAX_GROUP_BLOCKS];
-    int64_t t = 0;
-    for (; nb <= MAX_GROUP_BLOCKS && t + 4 <= n_tokens; t += 4) {
-        for (int64_t b = 0; b < nb; b++) {
-            for (int k = 0; k < 4; k++) dx4[4 * b + k] = x[(t + k) * nb + b].d;
-        }
+    for (int64_t t = 0; t < grouped; t += 16) {
+        const rke_block_q8x8 *xg = (const rke_block_q8x8 *)x + (t / 8) * nb;
+        float *yt = y + t * n_rows;
         int64_t r = row_begin;
-        for (; r + 2 <= row_end; r += 2) {
-            tile4(kind, wb + r * row_bytes, x + t * nb, dx4, y + t * n_rows + r, nb, row_bytes,
-                  n_rows, 2);
-        }
-        if (r < row_end) {
-            tile4(kind, wb + r * row_bytes, x + t * nb, dx4, y + t * n_rows + r, nb, row_bytes,
-                  n_rows, 1);
+        if (t + 16 <= grouped) {
+            for (; r + 2 <= row_end; r += 2) {
+                group_tile(kind, wb + r * row_bytes, xg, yt + r, nb, row_bytes, n_rows, 2, 2);
+            }
+            if (r < row_end) {
+                group_tile(kind, wb + r * row_bytes, xg, yt + r, nb, row_bytes, n_rows, 1, 2);
+            }
+        } else {
+            for (; r + 2 <= row_end; r += 2) {
+                group_tile(kind, wb + r * row_bytes, xg, yt + r, nb, row_bytes, n_rows, 2, 1);
+            }
+            if (r < row_end) {
+                group_tile(kind, wb + r * row_bytes, xg, yt + r, nb, row_bytes, n_rows, 1, 1);
+            }
         }
     }
-    for (; t < n_tokens; t++) {
+    for (int64_t t = grouped; t < n_tokens; t++) {
+        const rke_block_q8x *xt = x + t * nb;
         float *yt = y + t * n_rows;
         int64_t r = row_begin;
         for (; r + 4 <= row_end; r += 4) {
-            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 4, 0, 0);
+            decode_tile(kind, wb + r * row_bytes, xt, yt + r, nb, row_bytes, 0, 0);
         }
-        for (; r < row_end; r++) {
-            decode_tile(kind, wb + r * row_bytes, x + t * nb, yt + r, nb, row_bytes, 1, 0, 0);
-        }
+        for (; r < row_end; r++) yt[r] = decode_row(kind, wb + r * row_bytes, xt, nb);
     }
 }
 
