@@ -137,6 +137,63 @@ static inline float decode_row(const int kind, const uint8_t *w, const rke_block
     return has_min(kind) ? acc + accm : acc;
 }
 
+/* Two rows' int32 lanes in one register, [row a: 4 lanes | row b: 4 lanes], each lane the sum of
+ * 8 products: elements 4i..4i+3 and 16+4i..16+4i+3. xlo and xhi hold the token's elements 0..15
+ * and 16..31 in both halves. The nibble types and q8_0 load their halves straight into place (a
+ * row's first 16 elements are its low nibbles or its first 16 bytes); the 5-bit types unpack
+ * each row whole and swap halves. */
+static inline __m256i pair_lanes(const int kind, const uint8_t *a, const uint8_t *b, __m256i xlo,
+                                 __m256i xhi) {
+    __m256i lo, hi;
+    if (kind == KIND_Q5_0 || kind == KIND_Q5_1) {
+        const __m256i ua = unpack(kind, a), ub = unpack(kind, b);
+        lo = _mm256_permute2x128_si256(ua, ub, 0x20);
+        hi = _mm256_permute2x128_si256(ua, ub, 0x31);
+    } else if (kind == KIND_Q8_0) {
+        lo = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 2))),
+                                     _mm_loadu_si128((const __m128i *)(b + 2)), 1);
+        hi = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 18))),
+                                     _mm_loadu_si128((const __m128i *)(b + 18)), 1);
+        if (RKE_VNNI) {
+            lo = _mm256_xor_si256(lo, _mm256_set1_epi8((char)0x80));
+            hi = _mm256_xor_si256(hi, _mm256_set1_epi8((char)0x80));
+        }
+    } else {
+        const int64_t at = kind == KIND_Q4_1 ? 4 : 2;
+        const __m256i v = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + at))),
+            _mm_loadu_si128((const __m128i *)(b + at)), 1);
+        lo = _mm256_and_si256(v, _mm256_set1_epi8(0x0F));
+        hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F));
+        if (kind == KIND_IQ4_NL) {
+            const __m256i values = iq4_nl_values(RKE_VNNI ? 128 : 0);
+            lo = _mm256_shuffle_epi8(values, lo);
+            hi = _mm256_shuffle_epi8(values, hi);
+        }
+    }
+#if RKE_VNNI
+    return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, xlo), hi, xhi);
+#else
+    if (is_signed(kind)) {
+        return _mm256_add_epi32(lanes(kind, lo, xlo), lanes(kind, hi, xhi));
+    }
+    /* unsigned pairs: two products of at most 31 * 127 each, twice: still an int16 */
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+#endif
+}
+
+/* The fp16 values at a, b, c, d as float32 in lanes 0..3: broadcast loads and blends, which
+ * leave the shuffle port (busy with the lanes' folding) alone. */
+static inline __m128 gather4(const uint8_t *a, const uint8_t *b, const uint8_t *c,
+                             const uint8_t *d) {
+    __m128 va = _mm_broadcast_ss(fp16_at(a)), vb = _mm_broadcast_ss(fp16_at(b));
+    __m128 vc = _mm_broadcast_ss(fp16_at(c)), vd = _mm_broadcast_ss(fp16_at(d));
+    /* opaque to gcc, which would otherwise fold a broadcast and a blend into an insertps */
+    __asm__("" : "+x"(va), "+x"(vb), "+x"(vc), "+x"(vd));
+    return _mm_blend_ps(_mm_blend_ps(va, vb, 0x2), _mm_blend_ps(vc, vd, 0x8), 0xC);
+}
+
 /* Decode: 4 consecutive rows against one token, the rows' float sums in lanes 0..3 of one
  * register. A tile reads one region of memory; meanwhile it prefetches, in address order, the
  * region NEXT_TILE_DISTANCE bytes past the start of the next tile (4 * bsize bytes per block
@@ -165,26 +222,26 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
             _mm_prefetch((const char *)(w + ahead + 128), _MM_HINT_T0);
         }
         const rke_block_q8x *xb = x + b;
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
+        const __m256i xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xb->qs));
+        const __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xb->qs + 16)));
         const uint8_t *blk0 = w + b * bsize, *blk1 = blk0 + row_bytes;
         const uint8_t *blk2 = blk1 + row_bytes, *blk3 = blk2 + row_bytes;
-        /* lanes [r0: 0-7, 8-15, r1: 0-7, 8-15 | r0: 16-23, 24-31, r1: 16-23, 24-31] ... */
-        const __m256i h01 = _mm256_hadd_epi32(lanes(kind, unpack(kind, blk0), xv),
-                                              lanes(kind, unpack(kind, blk1), xv));
-        const __m256i h23 = _mm256_hadd_epi32(lanes(kind, unpack(kind, blk2), xv),
-                                              lanes(kind, unpack(kind, blk3), xv));
-        /* ... [r0..r3 elements 0-15 | r0..r3 elements 16-31], then the halves added */
-        const __m256i h = _mm256_hadd_epi32(h01, h23);
-        __m128i isum = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        isum = _mm_sub_epi32(isum, _mm_set1_epi32(offset_of(kind, xb->s)));
-        const __m128 dw = _mm_setr_ps(*fp16_at(blk0), *fp16_at(blk1), *fp16_at(blk2),
-                                      *fp16_at(blk3));
-        const __m128 scale = _mm_mul_ps(dw, _mm_set1_ps(xb->d));
+        /* [r0 | r2] and [r1 | r3] lanes -> [r0 01, 23, r1 01, 23 | r2 .., r3 ..] -> [r0 r1 r0 r1 |
+         * r2 r3 r2 r3], whose 64-bit lanes 0 and 2 are the 4 rows in order */
+        const __m256i h = _mm256_hadd_epi32(pair_lanes(kind, blk0, blk2, xlo, xhi),
+                                            pair_lanes(kind, blk1, blk3, xlo, xhi));
+        const __m256i h2 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(h, h), 0x08);
+        __m128i isum = _mm256_castsi256_si128(h2);
+        if (offset_of(kind, 1)) {
+            /* s broadcast by a load (a set1 from a register would take the shuffle port) */
+            const __m128i s = _mm_castps_si128(_mm_broadcast_ss((const float *)&xb->s));
+            isum = _mm_sub_epi32(isum, _mm_slli_epi32(s, offset_shift(kind)));
+        }
+        const __m128 scale = _mm_mul_ps(gather4(blk0, blk1, blk2, blk3), _mm_broadcast_ss(&xb->d));
         acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(isum), scale));
         if (has_min(kind)) {
-            const __m128 mw = _mm_setr_ps(*fp16_at(blk0 + 2), *fp16_at(blk1 + 2),
-                                          *fp16_at(blk2 + 2), *fp16_at(blk3 + 2));
-            accm = _mm_add_ps(accm, _mm_mul_ps(mw, _mm_set1_ps(xb->d * (float)xb->s)));
+            const __m128 sdx = _mm_set1_ps(xb->d * (float)xb->s);
+            accm = _mm_add_ps(accm, _mm_mul_ps(gather4(blk0 + 2, blk1 + 2, blk2 + 2, blk3 + 2), sdx));
         }
     }
     _mm_storeu_ps(y, has_min(kind) ? _mm_add_ps(acc, accm) : acc);
