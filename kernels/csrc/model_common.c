@@ -2,6 +2,9 @@
  * LayerNorm and GroupNorm, per-head tasks across the pool, the embedding
  * lookup with ln0, the receptance-gated ChannelMix of v4-v6 and the loop over the layers. */
 #include "rke_model_internal.h"
+#if RKE_X86
+#include <emmintrin.h>
+#endif
 
 int rke_linear(const rke_run *run, const rke_matrix *W, const float *x, float *y) {
     if (run->T == 1) {
@@ -152,6 +155,22 @@ void rke_embed(const rke_run *run, const int32_t *tokens, float *x) {
     }
 }
 
+void rke_relu_square(float *h, int64_t n) {
+    int64_t i = 0;
+#if RKE_X86
+    /* maxps returns its second operand for NaN and for -0 vs +0: exactly `h > 0 ? h : 0`. The
+     * compiler made that a compare and a branch, mispredicted on about half of the signs. */
+    for (; i + 4 <= n; i += 4) {
+        const __m128 z = _mm_max_ps(_mm_loadu_ps(h + i), _mm_setzero_ps());
+        _mm_storeu_ps(h + i, _mm_mul_ps(z, z));
+    }
+#endif
+    for (; i < n; i++) {
+        const float z = h[i] > 0.0f ? h[i] : 0.0f;
+        h[i] = z * z;
+    }
+}
+
 int64_t rke_channel_mix_scratch(const rke_model *m, int64_t T) {
     rke_arena a = {NULL, 0};
     for (int q = 0; q < 4; q++) rke_take(&a, T * m->n_embd); /* xb, xk, xr, r */
@@ -180,10 +199,7 @@ int rke_run_channel_mix(const rke_run *run, const rke_channel_mix *cm, const flo
     float *const proj_y[] = {r, h};
     int rc = rke_linear_many(run, 2, proj, proj_x, proj_y);
     if (rc != RKE_OK) return rc;
-    for (int64_t i = 0; i < T * F; i++) {
-        const float z = h[i] > 0.0f ? h[i] : 0.0f;
-        h[i] = z * z;
-    }
+    rke_relu_square(h, T * F);
     rc = rke_linear(run, &cm->value, h, xk);
     if (rc != RKE_OK) return rc;
     for (int64_t i = 0; i < T * C; i++) x[i] = x[i] + rke_sigmoid(r[i]) * xk[i];

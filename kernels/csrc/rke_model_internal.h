@@ -71,6 +71,9 @@ static inline const float *rke_prev_row(const float *state_row, const float *x, 
  * float32 row (blocks of up to 128 in 8 interleaved partial sums, halved above that) */
 float rke_pairwise_sum(const float *x, int64_t n, int squares);
 
+/* h[i] = max(h[i], 0)^2 in place (NaN -> 0), the ChannelMix activation, branch-free. */
+void rke_relu_square(float *h, int64_t n);
+
 /* Y (T, W.n_rows) = X (T, W.n_cols) @ W^T through the kernel dispatch (rke_matvec for T == 1). */
 int rke_linear(const rke_run *run, const rke_matrix *W, const float *x, float *y);
 
