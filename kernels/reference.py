@@ -134,16 +134,11 @@ def float_weights(qtype: GGMLType, w: np.ndarray, n_rows: int, n_cols: int) -> n
 # The fixed float32 accumulation
 
 
-def _lanes_sum(terms: np.ndarray) -> np.ndarray:
-    """(..., steps, 8) float32 terms -> (..., 8): acc_i = ((0 + t_0i) + t_1i) + ... in order.
+def _block_sum(terms: np.ndarray) -> np.ndarray:
+    """(..., nb) float32 -> (...): ((0 + t_0) + t_1) + ... in block order.
 
     add.accumulate starts at t_0 rather than 0 + t_0; that differs only in the sign of a zero,
     which the final + 0 removes (the C sums never hold -0)."""
-    return np.add.accumulate(terms, axis=-2)[..., -1, :] + np.float32(0)
-
-
-def _block_sum(terms: np.ndarray) -> np.ndarray:
-    """(..., nb) float32 -> (...): ((0 + t_0) + t_1) + ... in block order (see _lanes_sum)."""
     return np.add.accumulate(terms, axis=-1)[..., -1] + np.float32(0)
 
 
@@ -155,13 +150,14 @@ def _hsum8(acc: np.ndarray) -> np.ndarray:
 
 
 def _matmul_float(wf: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """wf (rows, n) f32, x (T, n) f32 -> (T, rows)."""
+    """wf (rows, n) f32, x (T, n) f32 -> (T, rows): 8 columns at a time into the 8 lanes, in order."""
     n = wf.shape[1]
-    steps = -(-n // 8)
-    products = x[:, None, :] * wf[None, :, :]  # (T, rows, n)
-    padded = np.zeros((*products.shape[:2], steps * 8), np.float32)
-    padded[..., :n] = products  # zero terms leave the lanes' bits unchanged
-    return _hsum8(_lanes_sum(padded.reshape(*products.shape[:2], steps, 8)))
+    acc = np.zeros((x.shape[0], wf.shape[0], 8), np.float32)  # (T, rows, 8), +0 as the C sums start
+    for c in range(0, n - n % 8, 8):
+        acc += x[:, None, c : c + 8] * wf[None, :, c : c + 8]
+    if n % 8:  # the C kernels' zero-padded last step: 0 * 0 terms leave a lane's bits unchanged
+        acc[..., : n % 8] += x[:, None, n - n % 8 :] * wf[None, :, n - n % 8 :]
+    return _hsum8(acc)
 
 
 def _matmul_quant(

@@ -84,6 +84,8 @@ def convert_checkpoint(
     plan = []
     for name, official, raw in to_gguf(ckpt.tensors, spec, src):
         qtype = policy.type_for(official, raw.shape)
+        if qtype == GGMLType.F16 and storage_type_of(official) == "lora" and not _fits_f16(raw):
+            qtype = GGMLType.F32  # a LoRA beyond F16's range stays exact rather than infinite
         if official in encoded and raw is ckpt.tensors.get(official):
             qtype, data = encoded.pop(official)
             if data.dtype != np.uint8 or data.nbytes != tensor_nbytes(qtype, raw.shape):
@@ -112,6 +114,13 @@ def convert_checkpoint(
             q_bits += tensor_nbytes(qtype, raw.shape) * 8
             q_weights += n
     return ConvertResult(dst, spec, os.path.getsize(dst), types, q_bits / max(q_weights, 1))
+
+
+def _fits_f16(raw: RawTensor) -> bool:
+    """Every value of the tensor is finite as F16 (or was not finite to begin with)."""
+    a = raw.to_f32()
+    with np.errstate(over="ignore"):
+        return bool((np.isfinite(a.astype(np.float16)) | ~np.isfinite(a)).all())
 
 
 def check_destination(src: str, dst: str) -> None:

@@ -197,8 +197,10 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
             return
         try:
             # A view of the mapped data, transposed or reshaped: no copy at load (LoRA matrices are
-            # megabytes per layer), whatever layout the consumer then prefers.
-            out[name] = RawTensor.from_array(transform(_f32(raw)))
+            # megabytes per layer), whatever layout the consumer then prefers. F16 stays F16 (the
+            # runtime computes with LoRAs as stored); other types are decoded.
+            typed = raw.qtype in (GGMLType.F32, GGMLType.F16) and raw.data.dtype in (np.float32, np.float16)
+            out[name] = RawTensor.from_array(transform(raw.data.reshape(raw.shape) if typed else _f32(raw)))
         except ValueError:
             raise ModelFileError(path, f"tensor for '{name}' has shape {list(raw.shape)}, which does not fit "
                                        f"head size {head_size}") from None
@@ -244,8 +246,12 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
     return out
 
 
+_LORA_SUFFIXES = tuple(s for family in _LORAS.values() for s in family)
+
+
 def storage_type_of(official: str) -> str:
-    """'matrix' for the large Linear weights a quantizer may touch, 'emb', 'head', else 'small'."""
+    """'matrix' for the large Linear weights a quantizer may touch, 'emb', 'head', 'lora' for the 2-D
+    LoRA matrices (v6, v7), else 'small'."""
     if official == "emb.weight":
         return "emb"
     if official == "head.weight":
@@ -254,6 +260,8 @@ def storage_type_of(official: str) -> str:
                    "att.output.weight", "ffn.key.weight", "ffn.value.weight", "ffn.receptance.weight"):
         if official.endswith(suffix):
             return "matrix"
+    if official.endswith(_LORA_SUFFIXES):
+        return "lora"
     return "small"
 
 

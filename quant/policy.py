@@ -1,8 +1,10 @@
 """Which storage type each tensor gets when a model is quantized.
 
-Like rwkv.cpp and llama.cpp: only the large Linear matrices take the requested type; vectors, LoRA
-matrices and decay/bonus/mix tensors (small, and feeding exponentials) stay F32. The embedding and the
-head have their own defaults (docs/quantization.md gives the measurements behind them), overridable.
+Like rwkv.cpp and llama.cpp: only the large Linear matrices take the requested type; vectors and
+decay/bonus/mix tensors (small, and feeding exponentials) stay F32. The 2-D LoRA matrices of v6/v7 are
+F16 below F32 (as llama.cpp stores them: half the bytes a decode step reads there, and F16 rounding is
+far below any quantized matrix's error), F32 in F32 files. The embedding and the head have their own
+defaults (docs/quantization.md gives the measurements behind them), overridable.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class Policy:
 
     def type_for(self, official_name: str, shape: tuple[int, ...]) -> GGMLType:
         role = storage_type_of(official_name)
-        if role == "small" or len(shape) != 2:
+        if role == "lora" and len(shape) == 2:
+            return GGMLType.F32 if self.matrix == GGMLType.F32 else GGMLType.F16
+        if role in ("small", "lora") or len(shape) != 2:
             return GGMLType.F32
         qtype = {"matrix": self.matrix, "emb": self.emb, "head": self.head}[role]
         if shape[-1] % BLOCK_SIZES[qtype][0]:

@@ -21,11 +21,11 @@ from .weights import Linear, TensorSet, lora_matrix
 class Layer6:
     maa_x: np.ndarray  # (C,)
     maa_wkvrg: np.ndarray  # (5, C) base mixes in LoRA chunk order w, k, v, r, g
-    maa_w1: np.ndarray  # (C, 5 * D_mix); LoRAs as TensorSet.lora lays them out
-    maa_w2: np.ndarray  # (5, D_mix, C)
+    maa_w1: Linear  # C -> 5 * D_mix, as stored (TensorSet.lora_linear)
+    maa_w2: np.ndarray  # (5, D_mix, C) as TensorSet.lora lays it out
     decay: np.ndarray  # (C,) time_decay, raw
-    decay_w1: np.ndarray  # (C, D_decay)
-    decay_w2: np.ndarray  # (D_decay, C)
+    decay_w1: Linear  # C -> D_decay
+    decay_w2: Linear  # D_decay -> C
     u: np.ndarray  # (C,) time_faaaa
     key: Linear
     value: Linear
@@ -44,11 +44,11 @@ def load_layer(ts: TensorSet, spec: ModelSpec, i: int) -> Layer6:
     return Layer6(
         maa_x=ts.array(p + "time_maa_x", (C,)),
         maa_wkvrg=np.stack([ts.array(p + "time_maa_" + n, (C,)) for n in "wkvrg"]),
-        maa_w1=ts.lora(p + "time_maa_w1", (C, 5 * D_mix)),
+        maa_w1=ts.lora_linear(p + "time_maa_w1", C, 5 * D_mix),
         maa_w2=ts.lora(p + "time_maa_w2", (5, D_mix, C)),
         decay=ts.array(p + "time_decay", (C,)),
-        decay_w1=ts.lora(p + "time_decay_w1", (C, D_decay)),
-        decay_w2=ts.lora(p + "time_decay_w2", (D_decay, C)),
+        decay_w1=ts.lora_linear(p + "time_decay_w1", C, D_decay),
+        decay_w2=ts.lora_linear(p + "time_decay_w2", D_decay, C),
         u=ts.array(p + "time_faaaa", (H, N)).reshape(C),
         key=ts.linear(p + "key.weight", C, C),
         value=ts.linear(p + "value.weight", C, C),
@@ -66,14 +66,14 @@ def time_mix(lw: Layer6, spec: ModelSpec, x: np.ndarray, x_prev: np.ndarray, S: 
     T, C = x.shape
     D_mix = spec.lora["mix"]
     xx = token_shift(x, x_prev)
-    h = np.tanh((x + xx * lw.maa_x) @ lw.maa_w1).reshape(T, 5, D_mix)
+    h = np.tanh(lw.maa_w1(x + xx * lw.maa_x)).reshape(T, 5, D_mix)
     lam = np.einsum("tfd,fdc->ftc", h, lw.maa_w2)  # (5, T, C) in order w, k, v, r, g
     xw, xk, xv, xr, xg = (x + xx * (lw.maa_wkvrg[f] + lam[f]) for f in range(5))
     r = lw.receptance(xr)
     k = lw.key(xk)
     v = lw.value(xv)
     g = silu(lw.gate(xg))
-    w = np.exp(-np.exp(lw.decay + np.tanh(xw @ lw.decay_w1) @ lw.decay_w2))  # (T, C)
+    w = np.exp(-np.exp(lw.decay + lw.decay_w2(np.tanh(lw.decay_w1(xw)))))  # (T, C)
     y = group_norm(wkv5(S, r, w, k, v, lw.u), spec.n_head, lw.ln_x_w, lw.ln_x_b, spec.group_norm_eps)
     return lw.output(y * g)
 
@@ -81,9 +81,9 @@ def time_mix(lw: Layer6, spec: ModelSpec, x: np.ndarray, x_prev: np.ndarray, S: 
 def native_fields(lw: Layer6) -> dict[str, object]:
     """The rke_rwkv6_layer fields (csrc/rke_model.h) but ln1/ln2."""
     return {
-        "maa_x": lw.maa_x, "maa_wkvrg": lw.maa_wkvrg, "maa_w1": lora_matrix(lw.maa_w1),
+        "maa_x": lw.maa_x, "maa_wkvrg": lw.maa_wkvrg, "maa_w1": lw.maa_w1.matrix,
         "maa_w2": [lora_matrix(chunk) for chunk in lw.maa_w2],
-        "decay": lw.decay, "decay_w1": lora_matrix(lw.decay_w1), "decay_w2": lora_matrix(lw.decay_w2), "u": lw.u,
+        "decay": lw.decay, "decay_w1": lw.decay_w1.matrix, "decay_w2": lw.decay_w2.matrix, "u": lw.u,
         "ln_x_w": lw.ln_x_w, "ln_x_b": lw.ln_x_b,
         "key": lw.key.matrix, "value": lw.value.matrix, "receptance": lw.receptance.matrix,
         "gate": lw.gate.matrix, "output": lw.output.matrix, **native_channel_mix(lw.ffn),

@@ -13,7 +13,7 @@ import numpy as np
 from ..quant.spec import ModelSpec
 from .elementwise import relu_squared, sigmoid, token_shift
 from .norms import group_norm
-from .weights import Linear, TensorSet, lora_matrix
+from .weights import Linear, TensorSet
 
 # exp(-1/2), written as the reference writes it: w = exp(-0.606531 * sigmoid(w0 + lora)).
 DECAY_SCALE = np.float32(0.606531)
@@ -28,16 +28,16 @@ class Layer7:
     x_a: np.ndarray
     x_g: np.ndarray
     w0: np.ndarray  # (C,)
-    w1: np.ndarray  # (C, D_w); LoRAs as TensorSet.lora lays them out
-    w2: np.ndarray  # (D_w, C)
+    w1: Linear  # C -> D_w; LoRAs as stored (TensorSet.lora_linear)
+    w2: Linear  # D_w -> C
     a0: np.ndarray  # (C,)
-    a1: np.ndarray  # (C, D_a)
-    a2: np.ndarray  # (D_a, C)
+    a1: Linear  # C -> D_a
+    a2: Linear  # D_a -> C
     v0: np.ndarray | None  # (C,), layers >= 1 only
-    v1: np.ndarray | None  # (C, D_v)
-    v2: np.ndarray | None  # (D_v, C)
-    g1: np.ndarray  # (C, D_g)
-    g2: np.ndarray  # (D_g, C)
+    v1: Linear | None  # C -> D_v
+    v2: Linear | None  # D_v -> C
+    g1: Linear  # C -> D_g
+    g2: Linear  # D_g -> C
     k_k: np.ndarray  # (C,)
     k_a: np.ndarray  # (C,)
     r_k: np.ndarray  # (H, N)
@@ -59,15 +59,15 @@ def load_layer(ts: TensorSet, spec: ModelSpec, i: int) -> Layer7:
     has_v = i > 0
     return Layer7(
         **vec,
-        w1=ts.lora(p + "w1", (C, r["w"])),
-        w2=ts.lora(p + "w2", (r["w"], C)),
-        a1=ts.lora(p + "a1", (C, r["a"])),
-        a2=ts.lora(p + "a2", (r["a"], C)),
+        w1=ts.lora_linear(p + "w1", C, r["w"]),
+        w2=ts.lora_linear(p + "w2", r["w"], C),
+        a1=ts.lora_linear(p + "a1", C, r["a"]),
+        a2=ts.lora_linear(p + "a2", r["a"], C),
         v0=ts.array(p + "v0", (C,)) if has_v else None,
-        v1=ts.lora(p + "v1", (C, r["v"])) if has_v else None,
-        v2=ts.lora(p + "v2", (r["v"], C)) if has_v else None,
-        g1=ts.lora(p + "g1", (C, r["g"])),
-        g2=ts.lora(p + "g2", (r["g"], C)),
+        v1=ts.lora_linear(p + "v1", C, r["v"]) if has_v else None,
+        v2=ts.lora_linear(p + "v2", r["v"], C) if has_v else None,
+        g1=ts.lora_linear(p + "g1", C, r["g"]),
+        g2=ts.lora_linear(p + "g2", r["g"], C),
         r_k=ts.array(p + "r_k", (H, N)),
         receptance=ts.linear(p + "receptance.weight", C, C),
         key=ts.linear(p + "key.weight", C, C),
@@ -97,11 +97,11 @@ def time_mix(
     xv, xa, xg = x + xx * lw.x_v, x + xx * lw.x_a, x + xx * lw.x_g
 
     r = lw.receptance(xr)  # (T, C)
-    w = np.tanh(xw @ lw.w1) @ lw.w2
+    w = lw.w2(np.tanh(lw.w1(xw)))
     k = lw.key(xk)
     v = lw.value(xv)
-    a = sigmoid(lw.a0 + (xa @ lw.a1) @ lw.a2)
-    g = sigmoid(xg @ lw.g1) @ lw.g2
+    a = sigmoid(lw.a0 + lw.a2(lw.a1(xa)))
+    g = lw.g2(sigmoid(lw.g1(xg)))
 
     kk = (k * lw.k_k).reshape(T, H, N)
     kk = (kk / np.maximum(np.linalg.norm(kk, axis=-1, keepdims=True), np.float32(1e-12))).reshape(T, C)
@@ -109,7 +109,7 @@ def time_mix(
     if v_first is None:
         v_first = v
     else:
-        v = v + (v_first - v) * sigmoid(lw.v0 + (xv @ lw.v1) @ lw.v2)
+        v = v + (v_first - v) * sigmoid(lw.v0 + lw.v2(lw.v1(xv)))
     w = np.exp(-DECAY_SCALE * sigmoid(lw.w0 + w))
 
     y = wkv7(S, r, w, k, v, -kk, kk * a, H)  # (T, C)
@@ -155,7 +155,7 @@ def native_fields(lw: Layer7) -> dict[str, object]:
     fields: dict[str, object] = {name: getattr(lw, name) for name in vectors}
     for name in ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2"):
         lora = getattr(lw, name)
-        fields[name] = lora_matrix(lora) if lora is not None else None
+        fields[name] = lora.matrix if lora is not None else None
     fields["r_k"] = lw.r_k.reshape(-1)
     for name in ("receptance", "key", "value", "output", "ffn_key", "ffn_value"):
         fields[name] = getattr(lw, name).matrix

@@ -133,6 +133,19 @@ class TensorSet:
             t = np.ascontiguousarray(t)
         return np.swapaxes(t, -1, -2)
 
+    def lora_linear(self, name: str, n_in: int, n_out: int) -> Linear:
+        """A 2-D LoRA matrix, official shape (in, out), as a Linear over its [out, in] transpose in the
+        stored F32 or F16 (other types are decoded to F32). GGUF files store LoRAs [out, in], so this is
+        a view of their map; other files' LoRAs get a transposed copy."""
+        raw = self.raw(name)
+        if raw.shape != (n_in, n_out):
+            raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {[n_in, n_out]}")
+        typed = raw.qtype in (GGMLType.F32, GGMLType.F16) and raw.data.dtype in (np.float32, np.float16)
+        t = (raw.data.reshape(raw.shape) if typed else raw.to_f32()).T  # (out, in)
+        if not t.flags.c_contiguous:
+            t = np.ascontiguousarray(t)
+        return Linear(RawTensor.from_array(t), self.pool)
+
     def linear(self, name: str, n_out: int, n_in: int) -> Linear:
         raw = self.raw(name)
         if raw.shape != (n_out, n_in):

@@ -72,6 +72,11 @@ def test_the_file_is_ordinary_gguf_with_the_documented_types(converted, source):
             assert np.sqrt(np.mean((decoded - w) ** 2)) < bound * np.sqrt(np.mean(w**2))
         elif storage_type_of(official) in ("emb", "head"):
             assert t.tensor_type == GT.Q8_0, (t.name, t.tensor_type)
+        elif storage_type_of(official) == "lora":
+            # 2-D LoRAs are F16, as llama.cpp stores them: the source's [out, in] transpose, rounded
+            assert t.tensor_type == GT.F16, (t.name, t.tensor_type)
+            w = src.tensors[official].to_f32()
+            assert np.array_equal(np.asarray(t.data).reshape(w.T.shape), w.T.astype(np.float16))
         else:
             assert t.tensor_type == GT.F32, (t.name, t.tensor_type)
     n_matrices = sum(storage_type_of(n) == "matrix" for n in src.tensors)

@@ -188,3 +188,36 @@ def test_cli_convert_info_generate(tmp_path):
     assert gen.returncode == 0 and gen.stdout.startswith("The "), gen.stderr
     bad = run("convert", str(dst), str(tmp_path / "x.gguf"), "--type", "Q3_Z")
     assert bad.returncode == 1 and bad.stderr.startswith("rwkv-edge: error: unknown type 'Q3_Z'")
+
+
+@pytest.mark.parametrize("name, loras", [("7v0", ("w1", "a2", "v1", "g2")),
+                                          ("6v0", ("maa_w1", "decay_w1", "decay_w2"))])
+def test_lora_matrices_run_from_the_map_as_f16(tmp_path, name, loras):
+    """A quantized file's 2-D LoRAs are F16 and the runtime computes with them in place: the
+    layer's Linear is the file's own bytes (no F32 copy at load), for the C and numpy paths alike."""
+    from rwkv_edge.runtime.model import load
+
+    dst = tmp_path / f"{name}.gguf"
+    convert(fixture_path("reference", f"tiny-{name}.pth"), dst, GGMLType.Q8_0)
+    model = load(str(dst))
+    mix = model.blocks[1].mix
+    for field in loras:
+        lin = getattr(mix, field)
+        assert lin.qtype == GGMLType.F16, field
+        stored = [t for n, t in model.checkpoint.tensors.items() if n.startswith("blocks.1.att.")]
+        assert any(np.shares_memory(lin.data, t.data) for t in stored), field
+
+
+def test_a_lora_beyond_f16_range_stays_f32(tmp_path):
+    from rwkv_edge.quant.convert import convert_checkpoint
+    from rwkv_edge.quant.ggml_types import RawTensor
+
+    ckpt = open_checkpoint(fixture_path("reference", "tiny-7v0.pth"))
+    w1 = ckpt.tensors["blocks.0.att.w1"].to_f32().copy()
+    w1[0, 0] = 1e6  # beyond F16's 65504
+    ckpt.tensors["blocks.0.att.w1"] = RawTensor.from_array(w1)
+    dst = tmp_path / "big.gguf"
+    convert_checkpoint(ckpt, dst, GGMLType.Q8_0)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(dst).tensors}
+    assert types["blk.0.time_mix_w1.weight"] == gguf.GGMLQuantizationType.F32
+    assert types["blk.1.time_mix_w1.weight"] == gguf.GGMLQuantizationType.F16

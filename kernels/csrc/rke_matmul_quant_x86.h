@@ -294,7 +294,9 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
 #pragma GCC unroll 2
         for (int k = 0; k < ng; k++) acc[r][k] = accm[r][k] = _mm256_setzero_ps();
     }
-    _Alignas(32) uint8_t q[2][32];
+    /* rows 0, 1: the quants as the products take them; rows 2, 3: for the signed types without
+     * VNNI, their absolute values (one abs per block instead of one per broadcast) */
+    _Alignas(32) uint8_t q[4][32];
     /* the broadcasts read q through a pointer the compiler cannot follow: seeing the stored
      * register, gcc would otherwise make each broadcast two shuffles on the busiest port */
     const uint8_t *q_mem = &q[0][0];
@@ -303,7 +305,9 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
         const rke_block_q8x8 *xb[2] = {xg + b, xg + nb + b};
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
-            _mm256_store_si256((__m256i *)q[r], unpack(kind, w + r * row_bytes + b * bsize));
+            const __m256i v = unpack(kind, w + r * row_bytes + b * bsize);
+            _mm256_store_si256((__m256i *)q[r], v);
+            if (!RKE_VNNI && is_signed(kind)) _mm256_store_si256((__m256i *)q[2 + r], _mm256_sign_epi8(v, v));
         }
         __m256i isum[2][2];
 #pragma GCC unroll 2
@@ -354,11 +358,12 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
                 load_columns(xb, g, ng, xv);
 #pragma GCC unroll 2
                 for (int r = 0; r < nr; r++) {
-                    const __m256i wv = broadcast_quants(q_mem, r, g), aw = _mm256_sign_epi8(wv, wv);
+                    const __m256i wv = broadcast_quants(q_mem, r, g), aw = broadcast_quants(q_mem, 2 + r, g);
 #pragma GCC unroll 2
                     for (int k = 0; k < ng; k++) {
                         const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[k], wv));
                         isum[r][k] = _mm256_add_epi32(isum[r][k], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+                        __asm__("" : "+x"(isum[r][k])); /* in order, as the pairs below */
                     }
                 }
             }
