@@ -191,15 +191,16 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
         used.add(name)
         return tensors[name]
 
-    def put(name: str, raw: RawTensor, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def put(name: str, raw: RawTensor, transform: Callable[[np.ndarray], np.ndarray] | None = None,
+            keep_f16: bool = False) -> None:
         if transform is None:
             out[name] = raw
             return
         try:
             # A view of the mapped data, transposed or reshaped: no copy at load (LoRA matrices are
-            # megabytes per layer), whatever layout the consumer then prefers. F16 stays F16 (the
-            # runtime computes with LoRAs as stored); other types are decoded.
-            typed = raw.qtype in (GGMLType.F32, GGMLType.F16) and raw.data.dtype in (np.float32, np.float16)
+            # megabytes per layer), whatever layout the consumer then prefers. With keep_f16 (the
+            # LoRAs, which the runtime computes with as stored) F16 stays F16; the rest is decoded.
+            typed = keep_f16 and raw.qtype == GGMLType.F16 and raw.data.dtype == np.float16
             out[name] = RawTensor.from_array(transform(raw.data.reshape(raw.shape) if typed else _f32(raw)))
         except ValueError:
             raise ModelFileError(path, f"tensor for '{name}' has shape {list(raw.shape)}, which does not fit "
@@ -226,7 +227,7 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
         for suffix, gguf_name in _LORAS.get(family, {}).items():
             if family == "7" and suffix[4] == "v" and i == 0:
                 continue
-            put(p + suffix, get(b + gguf_name), lambda a: a.T)
+            put(p + suffix, get(b + gguf_name), lambda a: a.T, keep_f16=True)
         if family == "6":
             put(p + "att.time_maa_w2", get(b + "time_mix_w2.weight"), lambda a: a.transpose(0, 2, 1))
         if family == "7":

@@ -342,7 +342,7 @@ def test_every_finite_fp16_scale(qtype: GGMLType) -> None:
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q5_1], ids=lambda t: t.name)
 def test_matmul_long_rows_in_token_groups(qtype: GGMLType) -> None:
-    """513 blocks a row (16416 columns), 7 rows (a 4-row tile and 3 left) and 16 tokens (two
+    """513 blocks a row (16416 columns), 7 rows (3 pairs of rows and 1 left) and 16 tokens (two
     groups of 8): every block of a long row through the prompt kernel's group tiles."""
     rng = np.random.default_rng([int(qtype), 513])
     n_rows, n_cols = 7, 513 * 32

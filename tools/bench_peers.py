@@ -171,7 +171,7 @@ def _pair(a: float, b: float | None, fmt: str) -> str:
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The table for docs/benchmarks.md, with the machine, commit and command above it."""
     first = rows[0]["ours"] if rows else {}
-    llama_info = next((row["llama"]["system_info"] for row in rows if row["llama"]), "not run")
+    llama_info = next((row["llama"].get("system_info", "?") for row in rows if row["llama"]), "not run")
     lines = [
         (f"{meta['date']}, commit {meta['commit']}, {meta['cpu']} ({meta['cpus']} CPUs), "
         f"{first.get('threads', '?')} threads, rwkv-edge kernels {first.get('backend', '?')}."),

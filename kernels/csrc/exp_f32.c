@@ -4,7 +4,7 @@
 
 void rke_exp_f32(const float *x, float *y, int64_t n, int vector) {
     int64_t i = 0;
-#if RKE_X86
+#if RKE_HAVE_SSE2
     if (vector) {
         for (; i + 4 <= n; i += 4) _mm_storeu_ps(y + i, rke_exp4(_mm_loadu_ps(x + i)));
     }

@@ -1,4 +1,4 @@
-/* The quantized kernels with AVX2: rke_matmul_quant_x86.h's body, block lanes by maddubs and madd. */
+/* The quantized kernels with AVX2: rke_matmul_quant_x86.h's body, block sums by maddubs and madd. */
 #include "rke_avx2_target.h"
 RKE_AVX2_BEGIN /* to RKE_AVX2_END: AVX2, FMA and F16C code */
 #include "rke_avx2.h"

@@ -1,5 +1,5 @@
 /* The quantized kernels with AVX-VNNI (the VEX-encoded vpdpbusd of Alder Lake, Sapphire Rapids, Zen 5):
- * rke_matmul_quant_x86.h's body, a block's int32 lanes by one instruction instead of maddubs and madd.
+ * rke_matmul_quant_x86.h's body, a block's products summed by vpdpbusd instead of maddubs and madd.
  * The same integers, so the same bits; about 20 % more prompt tokens per second and 5 % faster decode
  * (docs/benchmarks.md). Compilers too old for -mavxvnni leave this file empty. */
 #include "rke_avx2_target.h"

@@ -2,8 +2,11 @@
  * LayerNorm and GroupNorm, per-head tasks across the pool, the embedding
  * lookup with ln0, the receptance-gated ChannelMix of v4-v6 and the loop over the layers. */
 #include "rke_model_internal.h"
-#if RKE_X86
+#if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
+#define RKE_RELU_SSE2 1
+#else
+#define RKE_RELU_SSE2 0
 #endif
 
 int rke_linear(const rke_run *run, const rke_matrix *W, const float *x, float *y) {
@@ -157,7 +160,7 @@ void rke_embed(const rke_run *run, const int32_t *tokens, float *x) {
 
 void rke_relu_square(float *h, int64_t n) {
     int64_t i = 0;
-#if RKE_X86
+#if RKE_RELU_SSE2
     /* maxps returns its second operand for NaN and for -0 vs +0: exactly `h > 0 ? h : 0`. The
      * compiler made that a compare and a branch, mispredicted on about half of the signs. */
     for (; i + 4 <= n; i += 4) {

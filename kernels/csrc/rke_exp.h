@@ -11,8 +11,11 @@
 #include <string.h>
 
 #include "rke_internal.h"
-#if RKE_X86
+#if defined(__SSE2__) || defined(_M_X64)
+#define RKE_HAVE_SSE2 1
 #include <emmintrin.h>
+#else
+#define RKE_HAVE_SSE2 0
 #endif
 
 #define RKE_EXP_HI 88.37f
@@ -52,7 +55,7 @@ static inline float rke_exp(float x) {
 
 static inline float rke_sigmoid_fast(float z) { return 1.0f / (1.0f + rke_exp(-z)); }
 
-#if RKE_X86
+#if RKE_HAVE_SSE2
 static inline __m128 rke_exp4(__m128 x) {
     const __m128 round = _mm_set1_ps(RKE_EXP_ROUND);
     const __m128 t = _mm_add_ps(_mm_mul_ps(x, _mm_set1_ps(RKE_EXP_LOG2E)), round);

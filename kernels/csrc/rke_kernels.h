@@ -65,7 +65,7 @@ int rke_matmul(rke_pool *pool, int impl, int qtype, const void *w, const float *
                rke_block_q8x *xq, float *y, int64_t n_tokens, int64_t n_rows, int64_t n_cols);
 
 /* y = exp(x) as the model code computes it (rke_exp.h): vector != 0 takes the SSE2 version
- * where there is one (x86), else the scalar one; both give the same bits. */
+ * where there is one (x86 with SSE2), else the scalar one; both give the same bits. */
 void rke_exp_f32(const float *x, float *y, int64_t n, int vector);
 
 /* Memory-bandwidth probe (bandwidth.c): *sum = the sum mod 2^64 of n_words words, every word

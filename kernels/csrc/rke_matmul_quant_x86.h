@@ -280,7 +280,7 @@ static inline void load_columns(const rke_block_q8x8 *const xb[2], const int g, 
  * xg + k * nb), lane j of acc[r][k] being token 8k + j's output for row r, written to
  * y[(8k + j) * y_stride + r]. Per block, each row's quants go to the stack once and come back as
  * 8 broadcasts of 4 bytes (loads, not shuffles), each multiplied with the 4 bytes of the same
- * columns of every token: 4 rows x 16 tokens of products per pair of loads. */
+ * columns of every token: 2 rows x 16 tokens of products per 16 broadcasts. */
 static inline __attribute__((always_inline)) void group_tile(const int kind, const uint8_t *w,
                                                              const rke_block_q8x8 *xg, float *y,
                                                              int64_t nb, int64_t row_bytes,
@@ -302,7 +302,8 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
     const uint8_t *q_mem = &q[0][0];
     __asm__("" : "+r"(q_mem));
     for (int64_t b = 0; b < nb; b++) {
-        const rke_block_q8x8 *xb[2] = {xg + b, xg + nb + b};
+        /* the second group's block only when there is one: no pointer past the scratch */
+        const rke_block_q8x8 *xb[2] = {xg + b, ng > 1 ? xg + nb + b : xg + b};
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
             const __m256i v = unpack(kind, w + r * row_bytes + b * bsize);

@@ -86,7 +86,7 @@ static void prepare_token(const void *ctx, int64_t t) {
     float *k = B->k + o, *v = B->v + o, *v_first = B->v_first + o;
     const float *v_lora = B->xv + o;
     int64_t i = 0;
-#if RKE_X86
+#if RKE_HAVE_SSE2
     /* rke_exp.h's SSE2 twin: the scalar loop's bits, four channels at a time */
     const __m128 one = _mm_set1_ps(1.0f);
     for (; i + 4 <= C; i += 4) {
