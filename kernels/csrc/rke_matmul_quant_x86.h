@@ -109,10 +109,15 @@ static inline __m256i lanes(const int kind, __m256i q, __m256i x) {
 #endif
 }
 
+/* the products take u = wq + (1 << offset_shift): all but the signed types without VNNI
+ * (which take wq itself) and the types with a minimum (whose q is the spec's) */
+static inline int has_offset(const int kind) {
+    return !(!RKE_VNNI && is_signed(kind)) && offset_shift(kind) >= 0;
+}
+
 /* what the unsigned quants' sum exceeds the spec's by: (1 << offset_shift) * s */
 static inline int32_t offset_of(const int kind, int32_t s) {
-    if ((!RKE_VNNI && is_signed(kind)) || offset_shift(kind) < 0) return 0;
-    return (int32_t)((uint32_t)s << offset_shift(kind));
+    return has_offset(kind) ? (int32_t)((uint32_t)s << offset_shift(kind)) : 0;
 }
 
 static inline int32_t hsum_epi32(__m256i v) {
@@ -232,7 +237,7 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
                                             pair_lanes(kind, blk1, blk3, xlo, xhi));
         const __m256i h2 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(h, h), 0x08);
         __m128i isum = _mm256_castsi256_si128(h2);
-        if (offset_of(kind, 1)) {
+        if (has_offset(kind)) {
             /* s broadcast by a load (a set1 from a register would take the shuffle port) */
             const __m128i s = _mm_castps_si128(_mm_broadcast_ss((const float *)&xb->s));
             isum = _mm_sub_epi32(isum, _mm_slli_epi32(s, offset_shift(kind)));
@@ -262,6 +267,16 @@ static inline __attribute__((always_inline)) void matvec(const int kind, const v
     for (; r < row_end; r++) y[r] = decode_row(kind, wb + r * row_bytes, x, nb);
 }
 
+/* vpdpbusd where it exists (the call sits in branches a non-VNNI build never takes) */
+static inline __m256i dpbusd(__m256i sum, __m256i u, __m256i x) {
+#if RKE_VNNI
+    return _mm256_dpbusd_avx_epi32(sum, u, x);
+#else
+    (void)u, (void)x;
+    return sum;
+#endif
+}
+
 /* row r's quants 4g..4g+3 (of the stacked rows at q_mem) in every 32-bit lane: one load */
 static inline __m256i broadcast_quants(const uint8_t *q_mem, const int r, const int g) {
     int32_t q4;
@@ -287,7 +302,6 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
                                                              int64_t y_stride, const int nr,
                                                              const int ng) {
     const int64_t bsize = block_bytes(kind);
-    const int offset = !(!RKE_VNNI && is_signed(kind)) && offset_shift(kind) >= 0;
     __m256 acc[2][2], accm[2][2];
 #pragma GCC unroll 2
     for (int r = 0; r < nr; r++) {
@@ -314,20 +328,22 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
 #pragma GCC unroll 2
         for (int k = 0; k < ng; k++) {
             const __m256i start =
-                offset ? _mm256_sub_epi32(_mm256_setzero_si256(),
+                has_offset(kind) ? _mm256_sub_epi32(_mm256_setzero_si256(),
                                           _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)xb[k]->s),
                                                             offset_shift(kind)))
                        : _mm256_setzero_si256();
 #pragma GCC unroll 2
             for (int r = 0; r < nr; r++) isum[r][k] = start;
         }
-#if RKE_VNNI
-        /* odd groups into a second sum: two chains of 4 (latency 5 each) instead of one of 8 */
-        __m256i odd[2][2];
+        /* VNNI: odd groups into a second sum, two chains of 4 (vpdpbusd's latency is 5) instead of
+         * one of 8. Without VNNI, unsigned pair sums gather in int16 (below 2^15 over 8 groups of
+         * 4-bit quants, 4 of 5-bit) before one madd. */
+        __m256i odd[2][2], pairs[2][2];
+        const int groups_per_madd = (kind == KIND_Q5_0 || kind == KIND_Q5_1) ? 4 : 8;
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
 #pragma GCC unroll 2
-            for (int k = 0; k < ng; k++) odd[r][k] = _mm256_setzero_si256();
+            for (int k = 0; k < ng; k++) odd[r][k] = pairs[r][k] = _mm256_setzero_si256();
         }
 #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
@@ -338,10 +354,23 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
                 const __m256i wv = broadcast_quants(q_mem, r, g);
 #pragma GCC unroll 2
                 for (int k = 0; k < ng; k++) {
-                    if (g % 2) {
-                        odd[r][k] = _mm256_dpbusd_avx_epi32(odd[r][k], wv, xv[k]);
+                    if (RKE_VNNI) {
+                        __m256i *sum = g % 2 ? &odd[r][k] : &isum[r][k];
+                        *sum = dpbusd(*sum, wv, xv[k]);
+                    } else if (is_signed(kind)) {
+                        const __m256i aw = broadcast_quants(q_mem, 2 + r, g);
+                        const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[k], wv));
+                        isum[r][k] = _mm256_add_epi32(isum[r][k], _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                        /* kept in order: gcc reassociates the adds into a tree and spills */
+                        __asm__("" : "+x"(isum[r][k]));
                     } else {
-                        isum[r][k] = _mm256_dpbusd_avx_epi32(isum[r][k], wv, xv[k]);
+                        pairs[r][k] = _mm256_add_epi16(pairs[r][k], _mm256_maddubs_epi16(wv, xv[k]));
+                        __asm__("" : "+x"(pairs[r][k])); /* as above */
+                        if ((g + 1) % groups_per_madd == 0) {
+                            isum[r][k] = _mm256_add_epi32(isum[r][k],
+                                                          _mm256_madd_epi16(pairs[r][k], _mm256_set1_epi16(1)));
+                            pairs[r][k] = _mm256_setzero_si256();
+                        }
                     }
                 }
             }
@@ -351,59 +380,6 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
 #pragma GCC unroll 2
             for (int k = 0; k < ng; k++) isum[r][k] = _mm256_add_epi32(isum[r][k], odd[r][k]);
         }
-#else
-        if (is_signed(kind)) {
-#pragma GCC unroll 8
-            for (int g = 0; g < 8; g++) {
-                __m256i xv[2];
-                load_columns(xb, g, ng, xv);
-#pragma GCC unroll 2
-                for (int r = 0; r < nr; r++) {
-                    const __m256i wv = broadcast_quants(q_mem, r, g), aw = broadcast_quants(q_mem, 2 + r, g);
-#pragma GCC unroll 2
-                    for (int k = 0; k < ng; k++) {
-                        const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv[k], wv));
-                        isum[r][k] = _mm256_add_epi32(isum[r][k], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-                        __asm__("" : "+x"(isum[r][k])); /* in order, as the pairs below */
-                    }
-                }
-            }
-        } else {
-            /* unsigned pair sums stay below 2^15 over 8 groups of 4-bit quants, 4 of 5-bit */
-            const int groups_per_madd = (kind == KIND_Q5_0 || kind == KIND_Q5_1) ? 4 : 8;
-#pragma GCC unroll 2
-            for (int g0 = 0; g0 < 8; g0 += groups_per_madd) {
-                __m256i pairs[2][2];
-#pragma GCC unroll 2
-                for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 2
-                    for (int k = 0; k < ng; k++) pairs[r][k] = _mm256_setzero_si256();
-                }
-#pragma GCC unroll 8
-                for (int g = g0; g < g0 + groups_per_madd; g++) {
-                    __m256i xv[2];
-                    load_columns(xb, g, ng, xv);
-#pragma GCC unroll 2
-                    for (int r = 0; r < nr; r++) {
-                        const __m256i wv = broadcast_quants(q_mem, r, g);
-#pragma GCC unroll 2
-                        for (int k = 0; k < ng; k++) {
-                            pairs[r][k] = _mm256_add_epi16(pairs[r][k], _mm256_maddubs_epi16(wv, xv[k]));
-                            /* kept in order: gcc reassociates the adds into a tree and spills */
-                            __asm__("" : "+x"(pairs[r][k]));
-                        }
-                    }
-                }
-#pragma GCC unroll 2
-                for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 2
-                    for (int k = 0; k < ng; k++) {
-                        isum[r][k] = _mm256_add_epi32(isum[r][k], _mm256_madd_epi16(pairs[r][k], _mm256_set1_epi16(1)));
-                    }
-                }
-            }
-        }
-#endif
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
             const uint8_t *blk = w + r * row_bytes + b * bsize;
