@@ -288,7 +288,12 @@ static inline __m256i broadcast_quants(const uint8_t *q_mem, const int r, const 
 static inline void load_columns(const rke_block_q8x8 *const xb[2], const int g, const int ng,
                                 __m256i xv[2]) {
 #pragma GCC unroll 2
-    for (int k = 0; k < ng; k++) xv[k] = _mm256_loadu_si256((const __m256i *)xb[k]->qs[g]);
+    for (int k = 0; k < ng; k++) {
+        xv[k] = _mm256_loadu_si256((const __m256i *)xb[k]->qs[g]);
+        /* one load for both rows: gcc would fold it into each row's vpdpbusd, two loads, and
+         * the load ports are what a block step waits for */
+        __asm__("" : "+x"(xv[k]));
+    }
 }
 
 /* Prompts: nr rows (1 or 2) against ng groups of 8 tokens (1 or 2; group k's blocks at
@@ -302,12 +307,15 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
                                                              int64_t y_stride, const int nr,
                                                              const int ng) {
     const int64_t bsize = block_bytes(kind);
-    __m256 acc[2][2], accm[2][2];
-#pragma GCC unroll 2
-    for (int r = 0; r < nr; r++) {
-#pragma GCC unroll 2
-        for (int k = 0; k < ng; k++) acc[r][k] = accm[r][k] = _mm256_setzero_ps();
-    }
+    /* The float sums, [acc, accm][r][k], stay on the stack: added to once per block, they leave
+     * the 16 registers to the integer sums and the activations, which are then loaded once for
+     * both rows, not once per row (+0-15 % on 2048-8192-column matrices). The pointer is
+     * laundered like q_mem's below, or gcc would move the sums back into registers. */
+    _Alignas(32) float acc_buf[2][2][2][8];
+    float *acc_mem = &acc_buf[0][0][0][0];
+    __asm__("" : "+r"(acc_mem));
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) _mm256_store_ps(acc_mem + 8 * i, _mm256_setzero_ps());
     /* rows 0, 1: the quants as the products take them; rows 2, 3: for the signed types without
      * VNNI, their absolute values (one abs per block instead of one per broadcast) */
     _Alignas(32) uint8_t q[4][32];
@@ -388,10 +396,13 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
             for (int k = 0; k < ng; k++) {
                 const __m256 dx = _mm256_loadu_ps(xb[k]->d);
                 const __m256 scale = _mm256_mul_ps(dw, dx);
-                acc[r][k] = _mm256_add_ps(acc[r][k], _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r][k]), scale));
+                float *acc = acc_mem + 8 * (2 * r + k), *accm = acc + 32;
+                const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[r][k]), scale);
+                _mm256_store_ps(acc, _mm256_add_ps(_mm256_load_ps(acc), term));
                 if (has_min(kind)) {
                     const __m256 sdx = _mm256_mul_ps(dx, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)xb[k]->s)));
-                    accm[r][k] = _mm256_add_ps(accm[r][k], _mm256_mul_ps(_mm256_broadcast_ss(fp16_at(blk + 2)), sdx));
+                    const __m256 mterm = _mm256_mul_ps(_mm256_broadcast_ss(fp16_at(blk + 2)), sdx);
+                    _mm256_store_ps(accm, _mm256_add_ps(_mm256_load_ps(accm), mterm));
                 }
             }
         }
@@ -400,9 +411,11 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
     for (int r = 0; r < nr; r++) {
 #pragma GCC unroll 2
         for (int k = 0; k < ng; k++) {
-            _Alignas(32) float out[8];
-            _mm256_store_ps(out, has_min(kind) ? _mm256_add_ps(acc[r][k], accm[r][k]) : acc[r][k]);
-            for (int j = 0; j < 8; j++) y[(8 * k + j) * y_stride + r] = out[j];
+            float *acc = acc_mem + 8 * (2 * r + k);
+            if (has_min(kind)) {
+                _mm256_store_ps(acc, _mm256_add_ps(_mm256_load_ps(acc), _mm256_load_ps(acc + 32)));
+            }
+            for (int j = 0; j < 8; j++) y[(8 * k + j) * y_stride + r] = acc[j];
         }
     }
 }
