@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFileError
+from .file_map import map_file
 from .ggml_types import BLOCK_SIZES, GGMLType, RawTensor
 
 GGUF_MAGIC = b"GGUF"
@@ -138,7 +139,7 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
         size = os.path.getsize(path)
         if size < 24:
             raise ModelFileError(path, f"file is too short ({size} bytes) to be GGUF")
-        buf = np.memmap(path, dtype=np.uint8, mode="r")
+        buf = map_file(path)
     except OSError as err:
         raise ModelFileError(path, err.strerror or str(err)) from None
     cur = _Cursor(buf, path)

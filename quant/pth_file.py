@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFileError
+from .file_map import map_file
 from .ggml_types import GGMLType, RawTensor
 
 PathArg = str | os.PathLike[str]
@@ -182,7 +183,7 @@ def read_pth(path: PathArg) -> dict[str, RawTensor]:
         state = _unpickle(_read_member(archive, f"{root}/data.pkl", path), path)
         refs = _state_dict(state, path)
         offsets = _storage_offsets(archive, root, refs.values(), path)
-    file_map = np.memmap(path, dtype=np.uint8, mode="r")  # (file_size,)
+    file_map = map_file(path)  # (file_size,)
     return {
         name: _materialise(file_map, offsets[ref.storage.key], ref, name, path)
         for name, ref in refs.items()

@@ -18,6 +18,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .errors import ModelFileError
+from .file_map import map_file
 from .ggml_types import BLOCK_SIZES, GGMLType, RawTensor
 
 MAGIC = 0x67676D66  # "ggmf"
@@ -68,7 +69,7 @@ def read_rwkvcpp(path: StrPath) -> RwkvCppFile:
     size = os.stat(path).st_size
     if size < _HEADER.size:
         raise ModelFileError(path, f"not an rwkv.cpp model file ({size} bytes, less than a header)")
-    file = np.memmap(path, dtype=np.uint8, mode="r")  # (size,)
+    file = map_file(path)  # (size,)
     magic, version, n_vocab, n_embd, n_layer, type_code = _HEADER.unpack_from(file, 0)
     if magic != MAGIC:
         raise ModelFileError(path, f"not an rwkv.cpp model file (magic 0x{magic:08x})")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelFileError
+from .file_map import map_file
 from .ggml_types import GGMLType, RawTensor
 
 PathArg = str | os.PathLike[str]
@@ -41,7 +42,7 @@ def read_safetensors(path: PathArg) -> tuple[dict[str, RawTensor], dict[str, str
     entries = {name: _entry(name, value, data_len, path) for name, value in header.items()}
     if not entries:
         return {}, metadata
-    file_map = np.memmap(path, dtype=np.uint8, mode="r")  # (file_size,)
+    file_map = map_file(path)  # (file_size,)
     tensors: dict[str, RawTensor] = {}
     for name, (qtype, dtype, shape, begin, end) in entries.items():
         data = file_map[data_start + begin : data_start + end].view(dtype).reshape(shape)

@@ -21,6 +21,7 @@ from rwkv_edge.quant.convert import convert
 from rwkv_edge.quant.ggml_types import GGMLType
 from rwkv_edge.tools.bench import bytes_per_token
 from rwkv_edge.tools.default_model import default_model_path
+from rwkv_edge.tools.file_pages import MappedPages, mapped_pages
 
 PROBE_IMPLS = [impl for impl in ("avx2", "scalar") if impl in dispatch.available()] + ["numpy"]
 
@@ -123,6 +124,9 @@ def test_bench_json_on_the_embedded_model():
     assert d["decode_ms_min"] <= d["decode_ms_mean"] <= d["decode_ms_max"]
     assert 0 < d["prompt_tok_s_min"] <= d["prompt_tok_s"] <= d["prompt_tok_s_max"]
     assert d["peak_rss_bytes"] >= max(d["file_bytes"], d["rss_after_load_bytes"]) > 0
+    # every weight is read from the map, so at least their pages are resident (a 1.8 MB file: no 2 MiB page)
+    assert d["weight_bytes_per_token"] <= d["file_resident_bytes"] <= d["file_bytes"] + 4096
+    assert d["file_huge_page_bytes"] == 0
 
     # bytes read per token, counted independently from the official checkpoint through torch
     sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -143,7 +147,8 @@ def test_bench_table_and_errors(tmp_path):
     proc = run_bench("--tokens", "2", "--prompt", "4", "--prompt-runs", "1", "--probe-mib", "4")
     assert proc.returncode == 0, proc.stderr
     keys = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert keys == ["model", "kernels", "load", "decode", "prompt", "memory", "read/token", "bandwidth", "bound"]
+    assert keys == ["model", "kernels", "load", "decode", "prompt", "memory", "pages", "read/token", "bandwidth",
+                    "bound"]
     bad = run_bench("--tokens", "0")
     assert bad.returncode == 1 and bad.stderr.strip() == "rwkv-edge: error: --tokens must be at least 1, got 0"
     broken = tmp_path / "broken.gguf"
@@ -151,3 +156,18 @@ def test_bench_table_and_errors(tmp_path):
     err = run_bench(str(broken))
     assert err.returncode == 1 and len(err.stderr.strip().splitlines()) == 1
     assert err.stderr.startswith(f"rwkv-edge: error: {broken}")
+
+
+def test_mapped_pages_counts_this_process_maps_of_the_file(tmp_path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, (5 << 20) + 100, dtype=np.uint8).tobytes())
+    assert mapped_pages(path) == MappedPages(0, 0)  # not mapped yet
+    first = np.memmap(path, dtype=np.uint8, mode="r")
+    int(first[::4096].sum())  # one byte per page: all of them resident
+    pages = mapped_pages(path)
+    whole = ((5 << 20) + 100 + 4095) // 4096 * 4096
+    assert pages.resident_bytes == whole and 0 <= pages.huge_bytes <= pages.resident_bytes
+    second = np.memmap(path, dtype=np.uint8, mode="r", offset=1 << 20, shape=(4096,))
+    int(second.sum())
+    assert mapped_pages(path).resident_bytes == whole + 4096  # both maps count
+    del first, second

@@ -156,3 +156,31 @@ def test_not_an_rwkv_architecture(tmp_path):
 def test_huge_counts_in_the_header(tmp_path, good_file):
     data = good_file[:8] + struct.pack("<Q", 1 << 60) + good_file[16:]
     assert "corrupt" in load_error(tmp_path, data)
+
+
+def smaps_entry(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds `address`."""
+    entry: dict[str, str] = {}
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+                start, end = (int(v, 16) for v in head.split("-"))
+                if inside:
+                    break
+                inside = start <= address < end
+            elif inside:
+                key, _, value = line.partition(":")
+                entry[key] = value.strip()
+    return entry
+
+
+def test_maps_asking_for_huge_pages(tmp_path, good_file):
+    # A decode step walks every weight page: the map asks for 2 MiB pages (VmFlags "hg" = MADV_HUGEPAGE).
+    path = tmp_path / "m.gguf"
+    path.write_bytes(good_file)
+    f = read_gguf(path)
+    data = next(iter(f.tensors.values())).data
+    flags = smaps_entry(data.ctypes.data)["VmFlags"].split()
+    assert "hg" in flags and "rd" in flags and "wr" not in flags

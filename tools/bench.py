@@ -22,6 +22,7 @@ from ..kernels.bandwidth import DEFAULT_BYTES, read_bandwidth
 from ..quant.checkpoint import Checkpoint
 from ..runtime.model import Model, load
 from .default_model import default_model_path
+from .file_pages import mapped_pages
 
 HELP = "time decode, prompt processing, load and peak memory of a model against the memory-bandwidth bound"
 
@@ -136,6 +137,7 @@ def measure(
     first_ms, decode_ms = _time_decode(model, ids, tokens)
     prompt_rates = _time_prompt(model, ids[-prompt:], prompt_runs)
     peak_rss = peak_rss_bytes()  # before the probe, whose buffer is not the model's
+    pages = mapped_pages(path)
     read = bytes_per_token(model.checkpoint, model.new_state().nbytes)
     bw = read_bandwidth(model.pool, probe_bytes)
     decode_median = statistics.median(decode_ms)
@@ -165,6 +167,8 @@ def measure(
         "prompt_tok_s_max": max(prompt_rates),
         "rss_after_load_bytes": rss_after_load,
         "peak_rss_bytes": peak_rss,
+        "file_resident_bytes": pages.resident_bytes,
+        "file_huge_page_bytes": pages.huge_bytes,
         "bytes_per_token": read["total"],
         "weight_bytes_per_token": read["weights"],
         "emb_row_bytes": read["emb_row"],
@@ -196,6 +200,8 @@ def format_report(d: dict[str, Any]) -> str:
                    f"(min {d['prompt_tok_s_min']:.1f}, max {d['prompt_tok_s_max']:.1f})")),
         ("memory", (f"peak RSS {mib['peak_rss_bytes']:,.1f} MiB (after load {mib['rss_after_load_bytes']:,.1f} MiB; "
                    f"file {mib['file_bytes']:,.1f} MiB)")),
+        ("pages", (f"{d['file_resident_bytes'] / MIB:,.1f} MiB of the file resident, "
+                   f"{100 * d['file_huge_page_bytes'] / max(d['file_resident_bytes'], 1):.0f} % of it on 2 MiB pages")),
         ("read/token", (f"{mib['bytes_per_token']:,.2f} MiB (weights {mib['weight_bytes_per_token']:,.2f} MiB, "
                        f"embedding row {d['emb_row_bytes']:,} B, state {d['state_bytes']:,} B)")),
         ("bandwidth", (f"{d['read_gb_s']:.2f} GB/s read, median of {d['probe_passes']} passes over "

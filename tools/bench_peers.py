@@ -3,7 +3,8 @@
     python -m rwkv_edge.tools.bench_peers [--only v7-0.1b,v7-1.5b] [--types Q4_0,Q8_0] [--models DIR] [--json]
 
 Random-weight models at the real shapes (tools/random_model.py; speed does not depend on the values) are
-written once as Q4_0 and Q8_0 GGUF by our converter and cached in --models. Each file is then timed by
+written once as Q4_0 and Q8_0 GGUF by our converter and cached in --models. Each file is read back into
+the page cache as 2 MiB folios (tools/file_pages.py; both engines then map it with 2 MiB pages) and timed by
 `rwkv-edge bench` and by llama.cpp (tools/llama_bench.py, run in the Python that has llama-cpp-python),
 one after the other, in subprocesses so each peak RSS is its own, with the same token ids and threads.
 llama.cpp has no RWKV-4: v4 files get our figures only. The output is a markdown table for
@@ -32,6 +33,7 @@ from ..quant.convert import convert_checkpoint
 from ..quant.ggml_types import GGMLType
 from ..quant.gguf_reader import read_gguf
 from .bench import WARMUP_PROMPT, WARMUP_STEPS, bench_tokens
+from .file_pages import recache_huge
 from .random_model import SHAPES, random_checkpoint
 
 DEFAULT_MODELS = "/work/peers/models"
@@ -109,13 +111,16 @@ def run_measured(what: str, cmd: list[str], env: dict[str, str] | None = None) -
 
 
 def bench_file(path: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """One row: both engines on one file."""
+    """One row: both engines on one file, which is first read back into the page cache as 2 MiB folios
+    (unless --keep-page-cache): a file just written sits in 4 KiB ones, and both engines map the cache."""
+    huge_share = None if args.keep_page_cache else recache_huge(path)
     ours, ours_foreign = run_measured("rwkv-edge bench", [
         sys.executable, "-m", "rwkv_edge", "bench", str(path), "--threads", str(args.threads),
         "--tokens", str(args.tokens), "--prompt", str(args.prompt), "--prompt-runs", str(args.prompt_runs),
         "--probe-mib", str(args.probe_mib), "--json"],
         {"RWKV_EDGE_KERNELS": args.kernels} if args.kernels else None)
-    row: dict[str, Any] = {"file": str(path), "ours": ours, "ours_foreign_cpu": ours_foreign,
+    row: dict[str, Any] = {"file": str(path), "huge_page_share": huge_share,
+                           "ours": ours, "ours_foreign_cpu": ours_foreign,
                            "llama": None, "llama_foreign_cpu": None, "llama_note": None}
     if ours["version"] == "4":
         row["llama_note"] = "no RWKV-4 in llama.cpp"
@@ -168,6 +173,12 @@ def _pair(a: float, b: float | None, fmt: str) -> str:
     return f"{a:{fmt}} / {b:{fmt}}" if b is not None else f"{a:{fmt}} / –"
 
 
+def _pages(o: dict[str, Any]) -> str:
+    """The share of the file rwkv-edge had mapped as 2 MiB pages."""
+    resident, huge = o.get("file_resident_bytes"), o.get("file_huge_page_bytes")
+    return f"{100 * huge / resident:.0f} %" if resident else "–"
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The table for docs/benchmarks.md, with the machine, commit and command above it."""
     first = rows[0]["ours"] if rows else {}
@@ -178,10 +189,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"llama.cpp build: `{' '.join(llama_info.split())}`",
         f"Command: `{meta['command']}`",
         "",
-        ("| model, type | file MiB | read/token MiB | read GB/s | bound ms | decode ms/token rwkv-edge | llama.cpp "
+        ("| model, type | file MiB | on 2 MiB pages | read/token MiB | read GB/s | bound ms | decode ms/token rwkv-edge | llama.cpp "
         "| llama.cpp / ours | ours % of bound | prompt tok/s rwkv-edge | llama.cpp | ours / llama.cpp "
         "| load s ours / llama.cpp | peak RSS MiB ours / llama.cpp | foreign CPU ours / llama.cpp |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for row in rows:
@@ -194,6 +205,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             name,
             f"{o['file_bytes'] / MIB:.1f}",
+            _pages(o),
             f"{o['bytes_per_token'] / MIB:.1f}",
             f"{o['read_gb_s']:.1f}",
             f"{o['bound_ms']:.1f}",
@@ -229,6 +241,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llama-lib", default=None,
                    help="a directory with another build of libllama.so (LLAMA_CPP_LIB_PATH), e.g. an AVX2-only one")
     p.add_argument("--kernels", default=None, help="rwkv-edge kernels to time (RWKV_EDGE_KERNELS; default: automatic)")
+    p.add_argument("--keep-page-cache", action="store_true",
+                   help="time the files as they sit in the page cache (default: re-read as 2 MiB folios first)")
     p.add_argument("--no-llama", action="store_true", help="time rwkv-edge only")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     args = p.parse_args(argv)
