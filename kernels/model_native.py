@@ -28,6 +28,13 @@ _IMPLS = {"avxvnni": "RKE_IMPL_AVXVNNI", "avx2": "RKE_IMPL_AVX2", "scalar": "RKE
 _LAYER_TYPES = {4: "rke_rwkv4_layer", 5: "rke_rwkv5_layer", 6: "rke_rwkv6_layer", 7: "rke_rwkv7_layer"}
 # Fields that may be None (NULL): v5.0 has no gate; v7 layer 0 makes v_first and has no v LoRA.
 _OPTIONAL = {5: ("m_g", "gate"), 7: ("v0", "v1", "v2")}
+# A prompt's activations, (T, ...) floats per layer, are the only memory that grows with T: forward()
+# runs at most as many tokens per C call as fit in this. Peak memory should stay within the file plus
+# 64 MiB, and Python, numpy and a 1.5B model's 13 MiB state take about 50 of those; at 156 KiB per token
+# that model gets 64-token calls. Splitting changes no bit (rows of the matmul are the matvec's, every
+# other step goes token by token), and 16+ tokens per call keep the prompt tiles full.
+SCRATCH_BUDGET_BYTES = 12 << 20
+MAX_TOKENS_PER_CALL = 256
 
 
 class Matrix(NamedTuple):
@@ -251,6 +258,7 @@ class NativeModel:
         self._lock = threading.Lock()
         self._scratch: dict[int, np.ndarray] = {}
         self._scratch_for(1)  # decode allocates nothing per token
+        self.tokens_per_call = self._tokens_within_budget()
 
     @staticmethod
     def _embedding_in_c(emb: Matrix, V: int, C: int) -> bool:
@@ -260,6 +268,17 @@ class NativeModel:
         except ValueError:
             return False
         return (emb.n_rows, emb.n_cols) == (V, C) and bool(lib.rke_embedding_supported(int(qtype)))
+
+    def _tokens_within_budget(self) -> int:
+        """The most tokens per C call (a multiple of 16 up to MAX_TOKENS_PER_CALL, at least 16) whose
+        scratch fits SCRATCH_BUDGET_BYTES."""
+        per_call = 16
+        while per_call < MAX_TOKENS_PER_CALL:
+            need = int(lib.rke_model_scratch_floats(self._struct, per_call + 16)) * 4
+            if need < 0 or need > SCRATCH_BUDGET_BYTES:
+                break
+            per_call += 16
+        return per_call
 
     def _scratch_for(self, n_tokens: int) -> np.ndarray:
         """The scratch for n_tokens, reusing the single-token one and the largest chunk's."""
@@ -311,20 +330,35 @@ class NativeModel:
             if n_rows not in (1, n_tokens):
                 raise ValueError(f"logits must have 1 or {n_tokens} rows of {d.n_vocab}")
             logits = checks.output(logits, (n_rows, d.n_vocab), state, *(a for a in (x_in,) if a is not None))
+        step = self.tokens_per_call
         with self._lock:
-            scratch = self._scratch_for(n_tokens)
-            rc = lib.rke_model_forward(
-                self._struct,
-                self.pool.handle() if self.pool is not None else ffi.NULL,
-                self.impl,
-                ffi.from_buffer("float[]", scratch, require_writable=True),
-                scratch.size,
-                ffi.from_buffer("float[]", state, require_writable=True),
-                ffi.from_buffer("int32_t[]", ids) if x_in is None else ffi.NULL,
-                ffi.from_buffer("float[]", x_in) if x_in is not None else ffi.NULL,
-                n_tokens,
-                ffi.from_buffer("float[]", logits, require_writable=True) if logits is not None else ffi.NULL,
-                n_rows,
-            )
+            for a in range(0, n_tokens, step):
+                b = min(a + step, n_tokens)
+                # logits of every token: this piece's rows; of the last token: the last piece only
+                piece_logits, piece_rows = None, 0
+                if logits is not None and n_rows == n_tokens:
+                    piece_logits, piece_rows = logits[a:b], b - a
+                elif logits is not None and b == n_tokens:
+                    piece_logits, piece_rows = logits, n_rows
+                self._call(state, None if x_in is not None else ids[a:b], None if x_in is None else x_in[a:b],
+                           b - a, piece_logits, piece_rows)
+
+    def _call(self, state: np.ndarray, ids: np.ndarray | None, x_in: np.ndarray | None, n_tokens: int,
+              logits: np.ndarray | None, n_rows: int) -> None:
+        """One rke_model_forward over n_tokens (all arguments checked by forward)."""
+        scratch = self._scratch_for(n_tokens)
+        rc = lib.rke_model_forward(
+            self._struct,
+            self.pool.handle() if self.pool is not None else ffi.NULL,
+            self.impl,
+            ffi.from_buffer("float[]", scratch, require_writable=True),
+            scratch.size,
+            ffi.from_buffer("float[]", state, require_writable=True),
+            ffi.from_buffer("int32_t[]", ids) if ids is not None else ffi.NULL,
+            ffi.from_buffer("float[]", x_in) if x_in is not None else ffi.NULL,
+            n_tokens,
+            ffi.from_buffer("float[]", logits, require_writable=True) if logits is not None else ffi.NULL,
+            n_rows,
+        )
         if rc != lib.RKE_OK:  # everything C checks was checked above, so this is a bug
             raise RuntimeError(f"rke_model_forward: C status {rc}")

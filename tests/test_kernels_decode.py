@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import fixture_path
-from rwkv_edge.kernels import dispatch
+from rwkv_edge.kernels import dispatch, model_native
 from rwkv_edge.kernels._ext import ffi, lib
 from rwkv_edge.kernels.model_native import Matrix, NativeModel
 from rwkv_edge.quant.blocks import dequantize
@@ -144,6 +144,30 @@ def test_sequence_equals_token_by_token_and_splits_continue(paths: dict[str, str
         tail, state = model.forward(TOKENS[split:], state, all_logits=True)
         np.testing.assert_array_equal(np.concatenate([head, tail]), seq)
         np.testing.assert_array_equal(state.buffer, seq_state)
+
+
+def test_long_prompts_run_in_calls_within_the_scratch_budget(paths: dict[str, str], monkeypatch) -> None:
+    """A prompt longer than the C call's token budget runs in pieces: the same bits as one call."""
+    model = Model.load(paths["v7-c72-h3n24"], native=True)
+    native = model.native
+    assert native is not None
+    per_call = native.tokens_per_call
+    scratch_bytes = lambda n: int(lib.rke_model_scratch_floats(native._struct, n)) * 4  # noqa: E731
+    assert per_call % 16 == 0 and scratch_bytes(per_call) <= model_native.SCRATCH_BUDGET_BYTES
+    assert per_call == model_native.MAX_TOKENS_PER_CALL or scratch_bytes(per_call + 16) > model_native.SCRATCH_BUDGET_BYTES
+    tokens = [int(t) for t in np.random.default_rng(11).integers(0, VOCAB, 53)]
+    whole, whole_state = model.forward(tokens, all_logits=True)
+    last, _ = model.forward(tokens)
+    native.tokens_per_call = 16  # pieces of 16, 16, 16, 5
+    pieces, pieces_state = model.forward(tokens, all_logits=True)
+    np.testing.assert_array_equal(pieces, whole)
+    np.testing.assert_array_equal(pieces_state.buffer, whole_state.buffer)
+    np.testing.assert_array_equal(model.forward(tokens)[0], last)
+    # a budget between the scratch of 32 and of 48 tokens gives calls of 32
+    monkeypatch.setattr(model_native, "SCRATCH_BUDGET_BYTES", (scratch_bytes(32) + scratch_bytes(48)) // 2)
+    smaller = Model.load(paths["v7-c72-h3n24"], native=True)
+    assert smaller.native is not None and smaller.native.tokens_per_call == 32
+    np.testing.assert_array_equal(smaller.forward(tokens, all_logits=True)[0], whole)
 
 
 @pytest.mark.parametrize("name", ["v4-c44-f100", "v6-c40-h4n10", "v7-c72-h3n24"])

@@ -21,7 +21,7 @@ from conftest import fixture_path
 from rwkv_edge.runtime.model import CHUNK_LEN
 from rwkv_edge.tools import load_test
 from rwkv_edge.tools.openai_protocol import ApiError, Limits, parse_generation_request, render_chat
-from rwkv_edge.tools.serve import ApiServer
+from rwkv_edge.tools.http_api import ApiServer
 
 KEY = "test-key"
 MODEL = "tiny-7v0"

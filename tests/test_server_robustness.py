@@ -19,10 +19,10 @@ from conftest import fixture_path
 
 import rwkv_edge
 import rwkv_edge.runtime.model
-from rwkv_edge.tools import serve
+from rwkv_edge.tools import http_api
 from rwkv_edge.tools.openai_protocol import ApiError, GenerationRequest
 from rwkv_edge.tools.scheduler import Finished, Scheduler
-from rwkv_edge.tools.serve import ApiServer, peer_closed
+from rwkv_edge.tools.http_api import ApiServer, peer_closed
 
 HANG_GUARD = 120  # seconds: only a hung server waits this long
 
@@ -91,7 +91,7 @@ def test_a_bug_in_a_handler_is_a_500_and_the_server_goes_on(model, monkeypatch):
         raise RuntimeError("a bug")
 
     try:
-        monkeypatch.setattr(serve, "parse_generation_request", broken)
+        monkeypatch.setattr(http_api, "parse_generation_request", broken)
         status, body = post(srv, {"prompt": "x"})
         assert status == 500 and body["error"]["type"] == "server_error"
         monkeypatch.undo()
