@@ -50,6 +50,14 @@ class RawTensor:
 
         return dequantize(self.qtype, self.data, self.shape)
 
+    def typed_floats(self, *, keep_f16: bool = True) -> np.ndarray:
+        """The values as a numpy array of `shape`: F32 and (with keep_f16) F16 as stored, a view of the
+        data; every other type decoded to float32."""
+        kept = (GGMLType.F32, GGMLType.F16) if keep_f16 else (GGMLType.F32,)
+        if self.qtype in kept and self.data.dtype in (np.float32, np.float16):
+            return self.data.reshape(self.shape)
+        return self.to_f32()
+
     @staticmethod
     def from_array(array: np.ndarray) -> "RawTensor":
         """Wrap a float32 or float16 numpy array."""

@@ -125,7 +125,7 @@ def to_gguf(tensors: dict[str, RawTensor], spec: ModelSpec, path: str) -> Iterat
     (they are all small). v5.0/5.1 `time_first` (a log) is stored as the bonus itself, like `time_faaaa`.
     """
     version, family = spec.version, _family(spec.version)
-    C, H, N = spec.n_embd, spec.n_head, spec.head_size
+    C = spec.n_embd
 
     def get(name: str) -> RawTensor:
         if name not in tensors:
@@ -200,8 +200,7 @@ def from_gguf(tensors: dict[str, RawTensor], arch: str, version: str, n_layer: i
             # A view of the mapped data, transposed or reshaped: no copy at load (LoRA matrices are
             # megabytes per layer), whatever layout the consumer then prefers. With keep_f16 (the
             # LoRAs, which the runtime computes with as stored) F16 stays F16; the rest is decoded.
-            typed = keep_f16 and raw.qtype == GGMLType.F16 and raw.data.dtype == np.float16
-            out[name] = RawTensor.from_array(transform(raw.data.reshape(raw.shape) if typed else _f32(raw)))
+            out[name] = RawTensor.from_array(transform(raw.typed_floats() if keep_f16 else _f32(raw)))
         except ValueError:
             raise ModelFileError(path, f"tensor for '{name}' has shape {list(raw.shape)}, which does not fit "
                                        f"head size {head_size}") from None

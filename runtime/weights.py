@@ -140,8 +140,7 @@ class TensorSet:
         raw = self.raw(name)
         if raw.shape != (n_in, n_out):
             raise ModelFileError(self.path, f"tensor '{name}' has shape {list(raw.shape)}, expected {[n_in, n_out]}")
-        typed = raw.qtype in (GGMLType.F32, GGMLType.F16) and raw.data.dtype in (np.float32, np.float16)
-        t = (raw.data.reshape(raw.shape) if typed else raw.to_f32()).T  # (out, in)
+        t = raw.typed_floats().T  # (out, in)
         if not t.flags.c_contiguous:
             t = np.ascontiguousarray(t)
         return Linear(RawTensor.from_array(t), self.pool)

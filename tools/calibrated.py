@@ -207,9 +207,13 @@ def _round_all(
             for n in group:
                 out[n] = _round(_weights(model, n), moments[n], types[n])
             continue
-        stages = [[n for n in group if not n.endswith(_SECOND_STAGE)], [n for n in group if n.endswith(_SECOND_STAGE)]]
-        for stage in (s for s in stages if s):
-            moments = cal.half_moments(ref, cur, stage, drift=[n for n in stage if n.endswith(_SECOND_STAGE)])
+        first = [n for n in group if not n.endswith(_SECOND_STAGE)]
+        second = [n for n in group if n.endswith(_SECOND_STAGE)]
+        # the second stage's outputs join the residual stream, so they are asked to cancel its drift
+        for stage, drift in ((first, []), (second, second)):
+            if not stage:
+                continue
+            moments = cal.half_moments(ref, cur, stage, drift=drift)
             done = {}
             for n in stage:
                 out[n] = _round(_weights(model, n), moments[n], types[n])
