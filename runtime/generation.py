@@ -244,9 +244,13 @@ def message_ends(model: Model, ids: Sequence[int]) -> list[int]:
     tokenizer = model.tokenizer
     if tokenizer is None:
         return []
+    # a token's last two bytes are all the test needs: each distinct id is decoded once
+    tails: dict[int, bytes] = {}
     ends, previous = [], b""
     for i, t in enumerate(ids[:-1]):
-        data = tokenizer.decode_bytes([t])
+        data = tails.get(t)
+        if data is None:
+            data = tails[t] = tokenizer.decode_bytes([t])[-2:]
         if (previous + data).endswith(b"\n\n"):  # a "\n\n" token, or two "\n" tokens of a byte vocabulary
             ends.append(i + 1)
         previous = data[-1:] if data else previous

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,6 @@ from .weights import Embedding, Linear, TensorSet
 
 if TYPE_CHECKING:
     from .generation import Completion, Generation
-    from .prefix_cache import PrefixCache
 
 # Long prompts run in chunks so activations stay (chunk, F) floats, however long the prompt.
 CHUNK_LEN = 256
@@ -148,32 +147,13 @@ class Model:
             self._fingerprint = known
         return known[1]
 
-    def generate(
-        self,
-        prompt: str | Sequence[int],
-        *,
-        max_tokens: int = 100,
-        temperature: float = 1.0,
-        top_p: float = 0.85,
-        top_k: int = 0,
-        min_p: float = 0.0,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
-        penalty_decay: float = 0.996,
-        logit_bias: Mapping[int, float] | None = None,
-        stop: str | Sequence[str] | None = None,
-        seed: int | None = None,
-        state: State | None = None,
-        cache: PrefixCache | None = None,
-    ) -> Generation:
-        """Stream the continuation of `prompt` as text pieces; see runtime/generation.py and sampling.py."""
+    def generate(self, prompt: str | Sequence[int], **options: Any) -> Generation:
+        """Stream the continuation of `prompt` as text pieces: runtime/generation.py's generate, whose
+        keyword options (max_tokens, temperature, top_p, top_k, min_p, penalties, logit_bias, stop, seed,
+        state, cache) it takes and checks."""
         from .generation import generate
 
-        return generate(
-            self, prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, penalty_decay=penalty_decay,
-            logit_bias=logit_bias, stop=stop, seed=seed, state=state, cache=cache,
-        )
+        return generate(self, prompt, **options)
 
     def complete(self, prompt: str | Sequence[int], **options: Any) -> Completion:
         """`generate` run to the end: a Completion (text, finish_reason, token counts, tokens, state)."""
