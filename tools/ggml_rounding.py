@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..quant.checkpoint import Checkpoint, open_checkpoint
-from ..quant.ggml_types import GGMLType
+from ..quant.ggml_types import GGMLType, RawTensor
 from ..quant.gguf_layout import to_gguf
 from ..runtime import weights
 from ..runtime.model import Model
@@ -54,8 +54,8 @@ def round_activations(x: np.ndarray, weight_type: str) -> np.ndarray:
 class RoundedInputLinear(weights.Linear):
     """A Linear whose input is rounded as ggml rounds it, after a relative jitter of size `noise` (0: none)."""
 
-    def __init__(self, weight: np.ndarray, weight_type: str, noise: float, rng: np.random.Generator) -> None:
-        super().__init__(weight)
+    def __init__(self, raw: RawTensor, weight_type: str, noise: float, rng: np.random.Generator) -> None:
+        super().__init__(RawTensor.from_array(np.ascontiguousarray(raw.to_f32(), dtype=np.float32)))
         self.weight_type = weight_type
         self.noise = noise
         self.rng = rng
@@ -83,7 +83,7 @@ def _rounded_linears(types: dict[str, str], noise: float) -> Iterator[None]:
     rng = np.random.default_rng(0)
 
     def linear(self: weights.TensorSet, name: str, n_out: int, n_in: int) -> weights.Linear:
-        return RoundedInputLinear(original(self, name, n_out, n_in).weight, types.get(name, "F32"), noise, rng)
+        return RoundedInputLinear(original(self, name, n_out, n_in).raw, types.get(name, "F32"), noise, rng)
 
     weights.TensorSet.linear = linear  # type: ignore[method-assign]
     try:
@@ -103,6 +103,7 @@ def our_logits(path: str, tokens: np.ndarray, *, fold: bool = False, emulate: bo
     ckpt = open_checkpoint(path)
     if not fold:
         ckpt = dataclasses.replace(ckpt, emb_fold_dtype=None)
+    # emulating, the numpy path: the C forward pass reads the matrices itself, past the Linear layers
     with _rounded_linears(stored_types(ckpt), noise) if emulate else contextlib.nullcontext():
-        model = Model(ckpt)
+        model = Model(ckpt, native=False if emulate else None)
     return model.forward(tokens, all_logits=True)[0]
