@@ -30,10 +30,10 @@ _LAYER_TYPES = {4: "rke_rwkv4_layer", 5: "rke_rwkv5_layer", 6: "rke_rwkv6_layer"
 _OPTIONAL = {5: ("m_g", "gate"), 7: ("v0", "v1", "v2")}
 # A prompt's activations, (T, ...) floats per layer, are the only memory that grows with T: forward()
 # runs at most as many tokens per C call as fit in this. Peak memory should stay within the file plus
-# 64 MiB, and Python, numpy and a 1.5B model's 13 MiB state take about 50 of those; at 156 KiB per token
-# that model gets 64-token calls. Splitting changes no bit (rows of the matmul are the matvec's, every
-# other step goes token by token), and 16+ tokens per call keep the prompt tiles full.
-SCRATCH_BUDGET_BYTES = 12 << 20
+# 64 MiB, and Python, numpy, shared libraries and a 1.5B model's 13 MiB state take about 55 of those; at
+# 124 KiB per token that model gets 64-token calls. Splitting changes no bit (rows of the matmul are the
+# matvec's, every other step goes token by token), and 16+ tokens per call keep the prompt tiles full.
+SCRATCH_BUDGET_BYTES = 8 << 20
 MAX_TOKENS_PER_CALL = 256
 
 

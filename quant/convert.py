@@ -19,6 +19,7 @@ from .errors import ModelFileError
 from .ggml_types import GGMLType, RawTensor, tensor_nbytes
 from .gguf_layout import ARCHITECTURES, storage_type_of, to_gguf
 from .gguf_model import FORMAT_VERSION
+from .gguf_reader import GGUFStrings
 from .gguf_vocab import KIND_KEY, tokenizer_metadata
 from .policy import Policy
 from .spec import ModelSpec
@@ -291,6 +292,8 @@ def _add_key(writer: Any, gguf: Any, key: str, value: Any) -> None:
     vt = gguf.GGUFValueType
     if key == "general.architecture":
         return
+    if isinstance(value, GGUFStrings):  # a vocabulary read in place from a GGUF source
+        value = list(value)
     if isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):

@@ -9,10 +9,12 @@ allocation or a read past the end. Tensors come back zero-copy (np.memmap views)
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -45,6 +47,58 @@ class GGUFFile:
     tensors: dict[str, RawTensor]
     alignment: int
     data_offset: int
+
+
+# String arrays longer than this (vocabularies: 65,536 tokens would be ~5 MiB of Python strings, most of
+# a model's memory beyond its weights) stay in the file and are decoded item by item when read.
+LAZY_STRINGS = 1024
+
+
+class GGUFStrings(Sequence[str]):
+    """A GGUF string array read in place: item i is decoded (and checked as UTF-8) when accessed.
+
+    `region` is the array's bytes in the file map (each string's u64 length, then its bytes); ends[i] is
+    the offset in region just past string i. Compares equal to any sequence of the same strings."""
+
+    def __init__(self, region: memoryview, ends: np.ndarray, path: str, what: str) -> None:
+        self._region = region
+        self._ends = ends  # (count,) int64
+        self._path = path
+        self._what = what
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self._what}: index {index} out of range")
+        end = int(self._ends[i])
+        start = (int(self._ends[i - 1]) if i else 0) + 8
+        try:
+            return bytes(self._region[start:end]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ModelFileError(self._path, f"{self._what} item {i} is not valid UTF-8") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]  # like a list
+
+    def __repr__(self) -> str:
+        return f"GGUFStrings({len(self)} strings of {self._what})"
 
 
 class _Cursor:
@@ -81,6 +135,41 @@ class _Cursor:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
+
+    def string_array(self, count: int, what: str) -> list[str] | GGUFStrings:
+        """A string array: a list, or for a long one (a vocabulary) a GGUFStrings that decodes on access."""
+        if count <= LAZY_STRINGS:
+            return self.strings(count, what)
+        start = self.pos
+        ends = self.string_ends(count, what)
+        return GGUFStrings(self.mv[start : self.pos], ends - start, self.path, what)
+
+    def string_ends(self, count: int, what: str) -> np.ndarray:
+        """Skip `count` strings; the file offset just past each of them, (count,) int64."""
+        ends = np.empty(count, np.int64)
+        i = 0
+        while i < count:
+            # lengths read from 4 MiB copies, so a bogus count cannot make us copy the whole file at once
+            window_end = min(len(self.buf), self.pos + (4 << 20))
+            blob = bytes(self.mv[self.pos : window_end])
+            pos, end, last_window = 0, len(blob), window_end == len(self.buf)
+            length = _U64.unpack_from
+            while i < count and pos + 8 <= end:
+                n = length(blob, pos)[0]
+                if n > end - pos - 8:
+                    break
+                pos += 8 + n
+                ends[i] = self.pos + pos
+                i += 1
+            self.pos += pos
+            if i < count and (last_window or pos == 0):
+                if pos == 0 and not last_window:  # one string longer than a window: the general path
+                    self.string(what)
+                    ends[i] = self.pos
+                    i += 1
+                    continue
+                raise ModelFileError(self.path, f"file ends inside {what} (offset {self.pos}, {len(self.buf)} bytes)")
+        return ends
 
     def strings(self, count: int, what: str) -> list[str]:
         """`count` strings in a row: string() unrolled over a bytes copy of the region (slicing bytes is
@@ -128,7 +217,7 @@ class _Cursor:
             if item_type == _STRING:
                 # Each string takes at least its 8-byte length, so a bogus count fails here, not in a loop.
                 self.need(count * 8, what)
-                return self.strings(count, what)
+                return self.string_array(count, what)
             raise ModelFileError(self.path, f"{what}: unknown array item type {item_type}")
         raise ModelFileError(self.path, f"{what}: unknown value type {vtype}")
 

@@ -16,7 +16,7 @@ import rwkv_edge
 from rwkv_edge.quant.convert import convert
 from rwkv_edge.quant.errors import ModelFileError
 from rwkv_edge.quant.ggml_types import GGMLType
-from rwkv_edge.quant.gguf_reader import read_gguf
+from rwkv_edge.quant.gguf_reader import GGUFStrings, read_gguf
 
 
 def write_with_gguf_py(path, tensors: dict, meta: dict | None = None, alignment: int | None = None):
@@ -184,3 +184,48 @@ def test_maps_asking_for_huge_pages(tmp_path, good_file):
     data = next(iter(f.tensors.values())).data
     flags = smaps_entry(data.ctypes.data)["VmFlags"].split()
     assert "hg" in flags and "rd" in flags and "wr" not in flags
+
+
+def test_long_string_arrays_are_read_in_place(tmp_path):
+    # A vocabulary stays in the map and is decoded item by item; it reads as the list gguf-py wrote.
+    words = [f"w{i}" for i in range(3000)]
+    words[5], words[6], words[2999] = "", "日本語 ✓", "a" * 300
+    path = tmp_path / "v.gguf"
+    w = gguf.GGUFWriter(path, "rwkv7")
+    w.add_array("x.words", words)
+    w.add_array("x.short", ["a", "b"])
+    w.add_tensor("t", np.zeros((2, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    f = read_gguf(path)
+    got = f.metadata["x.words"]
+    assert isinstance(got, GGUFStrings) and f.metadata["x.short"] == ["a", "b"]
+    assert len(got) == 3000 and got == words and list(got) == words
+    assert got[6] == "日本語 ✓" and got[-1] == "a" * 300 and got[5] == "" and got[10:13] == words[10:13]
+    with pytest.raises(IndexError):
+        got[3000]
+    assert got != words[:-1] and got != [*words[:-1], "b"]
+    np.testing.assert_array_equal(f.tensors["t"].data, np.zeros((2, 32), np.float32))
+
+    # a file cut inside the array fails at once, at every cut
+    whole = path.read_bytes()
+    start = whole.index(b"w0")
+    for cut in range(start - 8, start + 20000, 997):
+        short = tmp_path / "short.gguf"
+        short.write_bytes(whole[:cut])
+        with pytest.raises(ModelFileError, match="file ends inside metadata 'x.words'"):
+            read_gguf(short)
+
+    # a bad item is found when it is read: one line naming the file and the item
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(b"w1234")
+    data[at] = 0xFF
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    words_bad = read_gguf(bad).metadata["x.words"]
+    assert words_bad[1233] == "w1233"
+    with pytest.raises(ModelFileError) as info:
+        words_bad[1234]
+    assert str(info.value) == f"{bad}: metadata 'x.words' item 1234 is not valid UTF-8"

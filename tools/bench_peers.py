@@ -75,18 +75,21 @@ def repack_pattern(path: Path) -> str | None:
 
 
 def _cpu_busy_s() -> float | None:
-    """CPU seconds all processes have used since boot (/proc/stat), None where unavailable."""
+    """CPU seconds all processes have used since boot, plus what the hypervisor took from this VM's CPUs
+    for others ("steal"; /proc/stat), None where unavailable."""
     try:
         with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:8]]
+            fields = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    steal = fields[7] if len(fields) > 7 else 0
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def run_measured(what: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], float | None]:
-    """Run a command that prints one JSON object -> (that object, share of the CPUs others used meanwhile).
+    """Run a command that prints one JSON object -> (that object, share of the CPUs others used meanwhile:
+    other processes, and the hypervisor's steal).
 
     env: variables to set for the command on top of this process's environment."""
     busy0, start = _cpu_busy_s(), time.perf_counter()

@@ -11,6 +11,7 @@ from .. import kernels
 from ..quant.checkpoint import open_checkpoint
 from ..quant.ggml_types import tensor_nbytes
 from ..quant.gguf_layout import storage_type_of
+from ..quant.gguf_reader import GGUFStrings
 from ..quant.spec import ModelSpec
 from .default_model import default_model_path
 
@@ -56,7 +57,9 @@ def describe(path: str) -> dict[str, object]:
         "state_bytes": spec.state_nbytes,
         "rescale_every": spec.rescale_every,
         "tokenizer": meta.get("rwkv_edge.tokenizer", meta.get("tokenizer.ggml.model")) if meta else None,
-        "gguf_metadata": {k: v for k, v in meta.items() if not k.startswith("tokenizer.")},
+        # long string arrays are read in place (GGUFStrings): listed here, as JSON needs
+        "gguf_metadata": {k: list(v) if isinstance(v, GGUFStrings) else v
+                          for k, v in meta.items() if not k.startswith("tokenizer.")},
         "kernels": {"backend": kernels.backend, "features": sorted(kernels.features),
                     "threads": kernels.default_threads()},
     }

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..quant.convert import convert
 from ..quant.ggml_types import GGMLType
-from ..quant.gguf_reader import read_gguf
+from ..quant.gguf_reader import GGUFStrings, read_gguf
 from ..runtime.model import Model
 from .ggml_rounding import our_logits
 from .hf_export import write_hf_dir
@@ -215,7 +215,7 @@ def check_hf_converted(llama: LlamaCpp, case: Case, work: str, args: argparse.Na
     differing = 0
     for key in TOKENIZER_KEYS:
         a, b = mine.get(key), theirs.get(key)
-        if isinstance(a, list) and isinstance(b, list):
+        if isinstance(a, (list, GGUFStrings)) and isinstance(b, (list, GGUFStrings)):
             differing += sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
         else:
             differing += a != b

@@ -24,7 +24,9 @@ static void layout(rke_arena *a, const rke_model *m, int64_t T, buffers7 *b) {
     b->ha = rke_take(a, T * m->lora[1]);
     b->hv = rke_take(a, T * m->lora[2]);
     b->hg = rke_take(a, T * m->lora[3]);
-    b->h = rke_take(a, T * m->n_ffn);
+    /* ChannelMix reads xn and xr and writes xk; xv..y (7 contiguous (T, C) buffers) are free by then,
+     * so its hidden layer takes their place when it fits (F = 4C in every RWKV-7 model) */
+    b->h = T * m->n_ffn <= 7 * TC ? b->xv : rke_take(a, T * m->n_ffn);
 }
 
 int64_t rke_rwkv7_scratch(const rke_model *m, int64_t T) {
