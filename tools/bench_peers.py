@@ -20,6 +20,7 @@ import os
 import re
 import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,16 +115,37 @@ def run_measured(what: str, cmd: list[str], env: dict[str, str] | None = None) -
 
 
 def bench_file(path: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """One row: both engines on one file, which is first read back into the page cache as 2 MiB folios
-    (unless --keep-page-cache): a file just written sits in 4 KiB ones, and both engines map the cache."""
+    """One row: both engines on one file, --repeat rounds of (ours, llama.cpp) one after the other, each
+    figure the median of its rounds (on a shared VM the machine's speed moves more than the engines
+    differ; alternating rounds let both see the same moments). The file is first read back into the page
+    cache as 2 MiB folios (unless --keep-page-cache): a file just written may sit in small folios, and both
+    engines map the cache."""
     huge_share = None if args.keep_page_cache else recache_huge(path)
+    rounds = [bench_round(path, args, work) for _ in range(args.repeat)]
+    row = {**rounds[0], "huge_page_share": huge_share, "rounds": len(rounds)}
+    for engine in ("ours", "llama"):
+        results = [r[engine] for r in rounds]
+        if all(results):
+            row[engine] = {k: _median(v, [r[k] for r in results]) for k, v in results[0].items()}
+        row[f"{engine}_foreign_cpu"] = _median(None, [r[f"{engine}_foreign_cpu"] for r in rounds])
+    return row
+
+
+def _median(first: Any, values: list[Any]) -> Any:
+    """The median of numbers (ints stay ints where the middle one is); anything else: the first round's."""
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return statistics.median_low(values) if all(isinstance(v, int) for v in values) else statistics.median(values)
+    return first if first is not None else values[0]
+
+
+def bench_round(path: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Both engines once on one file."""
     ours, ours_foreign = run_measured("rwkv-edge bench", [
         sys.executable, "-m", "rwkv_edge", "bench", str(path), "--threads", str(args.threads),
         "--tokens", str(args.tokens), "--prompt", str(args.prompt), "--prompt-runs", str(args.prompt_runs),
         "--probe-mib", str(args.probe_mib), "--json"],
         {"RWKV_EDGE_KERNELS": args.kernels} if args.kernels else None)
-    row: dict[str, Any] = {"file": str(path), "huge_page_share": huge_share,
-                           "ours": ours, "ours_foreign_cpu": ours_foreign,
+    row: dict[str, Any] = {"file": str(path), "ours": ours, "ours_foreign_cpu": ours_foreign,
                            "llama": None, "llama_foreign_cpu": None, "llama_note": None}
     if ours["version"] == "4":
         row["llama_note"] = "no RWKV-4 in llama.cpp"
@@ -188,7 +210,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     llama_info = next((row["llama"].get("system_info", "?") for row in rows if row["llama"]), "not run")
     lines = [
         (f"{meta['date']}, commit {meta['commit']}, {meta['cpu']} ({meta['cpus']} CPUs), "
-        f"{first.get('threads', '?')} threads, rwkv-edge kernels {first.get('backend', '?')}."),
+        f"{first.get('threads', '?')} threads, rwkv-edge kernels {first.get('backend', '?')}."
+        + (f" Each figure is the median of {rows[0]['rounds']} rounds." if rows and rows[0].get("rounds", 1) > 1 else "")),
         f"llama.cpp build: `{' '.join(llama_info.split())}`",
         f"Command: `{meta['command']}`",
         "",
@@ -244,11 +267,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--llama-lib", default=None,
                    help="a directory with another build of libllama.so (LLAMA_CPP_LIB_PATH), e.g. an AVX2-only one")
     p.add_argument("--kernels", default=None, help="rwkv-edge kernels to time (RWKV_EDGE_KERNELS; default: automatic)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds per file, alternating the engines; the table shows medians (default 1)")
     p.add_argument("--keep-page-cache", action="store_true",
                    help="time the files as they sit in the page cache (default: re-read as 2 MiB folios first)")
     p.add_argument("--no-llama", action="store_true", help="time rwkv-edge only")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, got {args.repeat}")
     args.only = [n.strip() for n in args.only.split(",") if n.strip()]
     args.types = [t.strip().upper() for t in args.types.split(",") if t.strip()]
     for name in args.only:
