@@ -54,7 +54,7 @@ static rke_quantize_fn find_quantizer(int impl) {
     return impl == RKE_IMPL_SCALAR ? rke_quantize_q8x_scalar : NULL;
 }
 
-/* Rows per chunk: a multiple of the 4-row tiles, about 4 chunks per thread so a thread that
+/* Rows per chunk: a multiple of the 8-row decode tiles, about 4 chunks per thread so a thread that
  * the OS delays is caught up by the others, and at least ~16 KiB of weights per chunk so the
  * hand-over costs little. */
 static int64_t row_grain(const rke_pool *pool, int64_t n_rows, int64_t row_work_bytes) {
@@ -62,7 +62,7 @@ static int64_t row_grain(const rke_pool *pool, int64_t n_rows, int64_t row_work_
                                (4 * rke_pool_threads(pool));
     const int64_t min_rows = (16384 + row_work_bytes - 1) / row_work_bytes;
     const int64_t rows = per_thread > min_rows ? per_thread : min_rows;
-    return (rows + 3) / 4 * 4;
+    return (rows + 7) / 8 * 8;
 }
 
 typedef struct {
