@@ -123,18 +123,25 @@ def bench_file(path: Path, args: argparse.Namespace, work: Path) -> dict[str, An
     huge_share = None if args.keep_page_cache else recache_huge(path)
     rounds = [bench_round(path, args, work) for _ in range(args.repeat)]
     row = {**rounds[0], "huge_page_share": huge_share, "rounds": len(rounds)}
+    notes = sorted({r["llama_note"] for r in rounds if r["llama_note"]})
+    row["llama_note"] = "; ".join(notes) or None
     for engine in ("ours", "llama"):
-        results = [r[engine] for r in rounds]
-        if all(results):
-            row[engine] = {k: _median(v, [r[k] for r in results]) for k, v in results[0].items()}
-        row[f"{engine}_foreign_cpu"] = _median(None, [r[f"{engine}_foreign_cpu"] for r in rounds])
+        done = [r for r in rounds if r[engine]]  # llama.cpp may fail in a round: the others count
+        if not done:
+            continue
+        results = [r[engine] for r in done]
+        row[engine] = {k: _median(v, [r[k] for r in results]) for k, v in results[0].items()}
+        row[f"{engine}_foreign_cpu"] = _median(None, [r[f"{engine}_foreign_cpu"] for r in done])
+    ours = row["ours"]
+    ours["bound_fraction"] = ours["bound_ms"] / ours["decode_ms"]  # from the medians shown beside it
     return row
 
 
 def _median(first: Any, values: list[Any]) -> Any:
-    """The median of numbers (ints stay ints where the middle one is); anything else: the first round's."""
+    """The median of numbers (of an even count of ints, the higher middle one: peak RSS is not flattered);
+    anything else: the first round's."""
     if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return statistics.median_low(values) if all(isinstance(v, int) for v in values) else statistics.median(values)
+        return statistics.median_high(values) if all(isinstance(v, int) for v in values) else statistics.median(values)
     return first if first is not None else values[0]
 
 
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench_peers: timing {path.name}", file=sys.stderr, flush=True)
                 try:
                     row = bench_file(path, args, Path(tmp))
-                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as err:
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError, OSError) as err:
                     print(f"bench_peers: {path.name}: {err}", file=sys.stderr)
                     failed = True
                     continue

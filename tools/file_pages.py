@@ -30,7 +30,7 @@ def mapped_pages(path: str | os.PathLike[str]) -> MappedPages:
                 fields = line.split()
                 if fields and not fields[0].endswith(":"):  # "start-end perms offset dev inode [path]"
                     inside = len(fields) >= 6 and " ".join(fields[5:]) == target
-                elif inside and fields[0] in ("Rss:", "FilePmdMapped:"):
+                elif inside and fields and fields[0] in ("Rss:", "FilePmdMapped:"):
                     kib = int(fields[1]) * 1024
                     if fields[0] == "Rss:":
                         resident += kib
@@ -43,8 +43,11 @@ def mapped_pages(path: str | os.PathLike[str]) -> MappedPages:
 
 def recache_huge(path: str | os.PathLike[str]) -> float:
     """Evict `path` from the page cache and read it back through a MADV_HUGEPAGE map; returns the share
-    of the file then mapped as 2 MiB pages (0.0 where the kernel or filesystem cannot). Pages other
-    processes hold mapped stay as they are."""
+    of the file then mapped as 2 MiB pages (0.0 where the kernel or filesystem cannot; counted over all of
+    this process's maps of the file). Pages other processes hold mapped stay as they are. OSError as
+    os.open raises it."""
+    if not hasattr(os, "posix_fadvise"):  # not Linux: nothing to do
+        return 0.0
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size

@@ -54,8 +54,9 @@ def round_activations(x: np.ndarray, weight_type: str) -> np.ndarray:
 class RoundedInputLinear(weights.Linear):
     """A Linear whose input is rounded as ggml rounds it, after a relative jitter of size `noise` (0: none)."""
 
-    def __init__(self, raw: RawTensor, weight_type: str, noise: float, rng: np.random.Generator) -> None:
-        super().__init__(RawTensor.from_array(np.ascontiguousarray(raw.to_f32(), dtype=np.float32)))
+    def __init__(self, original: weights.Linear, weight_type: str, noise: float, rng: np.random.Generator) -> None:
+        decoded = np.ascontiguousarray(original.raw.to_f32(), dtype=np.float32)
+        super().__init__(RawTensor.from_array(decoded), original.pool)
         self.weight_type = weight_type
         self.noise = noise
         self.rng = rng
@@ -83,7 +84,7 @@ def _rounded_linears(types: dict[str, str], noise: float) -> Iterator[None]:
     rng = np.random.default_rng(0)
 
     def linear(self: weights.TensorSet, name: str, n_out: int, n_in: int) -> weights.Linear:
-        return RoundedInputLinear(original(self, name, n_out, n_in).raw, types.get(name, "F32"), noise, rng)
+        return RoundedInputLinear(original(self, name, n_out, n_in), types.get(name, "F32"), noise, rng)
 
     weights.TensorSet.linear = linear  # type: ignore[method-assign]
     try:

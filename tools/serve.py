@@ -15,6 +15,7 @@ from .openai_protocol import Limits
 
 HELP = "serve a model over an OpenAI-compatible HTTP API"
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model file (without: the embedded tiny model)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -12,7 +12,7 @@
 typedef struct {
     float *v_first, *xn, *xr, *xw, *xk, *xv, *xa, *xg, *r, *k, *v, *y;
     float *hw, *ha, *hv, *hg; /* (T, D_*) LoRA hidden */
-    float *h;                 /* (T, F) ChannelMix hidden */
+    float *h;                 /* (T, F) ChannelMix hidden, over xv..y when it fits (layout) */
 } buffers7;
 
 static void layout(rke_arena *a, const rke_model *m, int64_t T, buffers7 *b) {
