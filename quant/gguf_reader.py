@@ -138,11 +138,10 @@ class _Cursor:
 
     def string_array(self, count: int, what: str) -> list[str] | GGUFStrings:
         """A string array: a list, or for a long one (a vocabulary) a GGUFStrings that decodes on access."""
-        if count <= LAZY_STRINGS:
-            return self.strings(count, what)
         start = self.pos
         ends = self.string_ends(count, what)
-        return GGUFStrings(self.mv[start : self.pos], ends - start, self.path, what)
+        strings = GGUFStrings(self.mv[start : self.pos], ends - start, self.path, what)
+        return strings if count > LAZY_STRINGS else list(strings)
 
     def string_ends(self, count: int, what: str) -> np.ndarray:
         """Skip `count` strings; the file offset just past each of them, (count,) int64."""
@@ -170,33 +169,6 @@ class _Cursor:
                     continue
                 raise ModelFileError(self.path, f"file ends inside {what} (offset {self.pos}, {len(self.buf)} bytes)")
         return ends
-
-    def strings(self, count: int, what: str) -> list[str]:
-        """`count` strings in a row: string() unrolled over a bytes copy of the region (slicing bytes is
-        several times cheaper than slicing the map), since a vocabulary has 65,536 of them."""
-        out: list[str] = []
-        while len(out) < count:
-            # Copy in 4 MiB windows, so a bogus count cannot make us copy the whole file at once.
-            window_end = min(len(self.buf), self.pos + (4 << 20))
-            blob = bytes(self.mv[self.pos : window_end])
-            pos, end, last_window = 0, len(blob), window_end == len(self.buf)
-            length = _U64.unpack_from
-            try:
-                while len(out) < count and pos + 8 <= end:
-                    n = length(blob, pos)[0]
-                    if n > end - pos - 8:
-                        break
-                    out.append(blob[pos + 8 : pos + 8 + n].decode("utf-8"))
-                    pos += 8 + n
-            except UnicodeDecodeError:
-                raise ModelFileError(self.path, f"{what} is not valid UTF-8") from None
-            self.pos += pos
-            if len(out) < count and (last_window or pos == 0):
-                if pos == 0 and not last_window:  # one string longer than a window: the general path
-                    out.append(self.string(what))
-                    continue
-                raise ModelFileError(self.path, f"file ends inside {what} (offset {self.pos}, {len(self.buf)} bytes)")
-        return out
 
     def value(self, vtype: int, what: str) -> Any:
         if vtype in _SCALARS:

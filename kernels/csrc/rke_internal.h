@@ -10,7 +10,7 @@
  *                  wq * xq, then acc = acc + (float)isum * (dw * dx); for q4_1 / q5_1 a second
  *                  accumulator takes accm = accm + mw * (dx * (float)s), and y = acc + accm.
  * Mul then add, never FMA (-ffp-contract=off). The quantized rule needs no fixed lanes: AVX2
- * holds 8 tokens (prompts) or 4 rows (decode) in one register, each lane a whole output.
+ * holds 8 tokens (prompts) or 8 rows (decode) in one register, each lane a whole output.
  */
 #ifndef RKE_INTERNAL_H
 #define RKE_INTERNAL_H

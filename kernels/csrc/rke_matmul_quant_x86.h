@@ -8,8 +8,8 @@
  * rke_block_q8x8 (rke_internal.h), 4 bytes of each token side by side, and one broadcast of 4
  * weight bytes multiplies all 8 tokens at once, so a block ends with one int32 sum per token in
  * its lane and one float multiply and add for 8 outputs (llama.cpp gets the same effect by
- * repacking the weights at load; this keeps the file's layout). Decode computes 4 rows' lanes
- * against one token and folds them into a register of 4 rows with two horizontal adds. */
+ * repacking the weights at load; this keeps the file's layout). Decode computes 8 rows' lanes
+ * against one token and folds them into a register of 8 rows with three horizontal adds. */
 #ifndef RKE_MATMUL_QUANT_X86_H
 #define RKE_MATMUL_QUANT_X86_H
 
@@ -127,7 +127,7 @@ static inline int32_t hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(t);
 }
 
-/* One row against one token (rows past the last 4-row tile, tokens past the last group). */
+/* One row against one token (rows past the last 8-row tile). */
 static inline float decode_row(const int kind, const uint8_t *w, const rke_block_q8x *x,
                                int64_t nb) {
     const int64_t bsize = block_bytes(kind);
@@ -199,14 +199,27 @@ static inline __m128 gather4(const uint8_t *a, const uint8_t *b, const uint8_t *
     return _mm_blend_ps(_mm_blend_ps(va, vb, 0x2), _mm_blend_ps(vc, vd, 0x8), 0xC);
 }
 
-/* Decode: 4 consecutive rows against one token, the rows' float sums in lanes 0..3 of one
- * register. A tile reads one region of memory; meanwhile it prefetches, in address order, the
- * region NEXT_TILE_DISTANCE bytes past the start of the next tile (4 * bsize bytes per block
- * step, the pace at which this tile consumes its own; ahead0 and limit are byte offsets from w:
- * where that region starts, and the end of the rows this call may touch, 0 for none). Per-row
- * prefetching a few blocks ahead, as ggml does, left one thread at half the probe's bandwidth on
- * 2048-column rows: the rows are short, so most of those prefetches hit lines already on their
- * way, and the next tile's lines were never asked for early. */
+/* The fp16 values `at` bytes into 8 rows' blocks, in the decode tile's row order [r0 r1 r4 r5 | r2 r3 r6 r7] */
+static inline __m256 gather8(const uint8_t *const blk[8], const int at) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(gather4(blk[0] + at, blk[1] + at, blk[4] + at, blk[5] + at)),
+                                gather4(blk[2] + at, blk[3] + at, blk[6] + at, blk[7] + at), 1);
+}
+
+/* Decode: 8 consecutive rows against one token. Pairs of rows share a register of lanes
+ * (pair_lanes); three hadds fold the 8 rows' lanes into one register as [r0 r1 r4 r5 | r2 r3 r6 r7],
+ * the scales are gathered in that order, and one permute at the end puts the rows in place. The
+ * per-block costs that do not depend on the rows (the token's loads and offset, the fold's last hadd,
+ * the loop) are shared by 8 rows: a 4-row tile did a third more instructions a row-block (one thread in
+ * cache: Q4_0 -15-17 %, Q8_0 -9-11 % row-blocks/s), which matters where two threads share a core: Q4_0
+ * decode was bound by them as much as by memory.
+ *
+ * A tile reads one region of memory; meanwhile it prefetches, in address order, the region
+ * NEXT_TILE_DISTANCE bytes past the start of the next tile (8 * bsize bytes per block step, the pace
+ * at which this tile consumes its own; ahead0 and limit are byte offsets from w: where that region
+ * starts, and the end of the rows this call may touch, 0 for none). Per-row prefetching a few blocks
+ * ahead, as ggml does, left one thread at half the probe's bandwidth on 2048-column rows: the rows are
+ * short, so most of those prefetches hit lines already on their way, and the next tile's lines were
+ * never asked for early. */
 #ifndef NEXT_TILE_DISTANCE
 #define NEXT_TILE_DISTANCE 2048
 #endif
@@ -215,58 +228,12 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
                                                               int64_t nb, int64_t row_bytes,
                                                               const int64_t ahead0,
                                                               const int64_t limit) {
-    const int64_t bsize = block_bytes(kind), step = 4 * bsize;
-    __m128 acc = _mm_setzero_ps(), accm = _mm_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        /* offsets from w, so no pointer is formed past the chunk; a step (<= 4 * 34 bytes) may
-         * touch a fourth line, which the next step's first prefetch covers */
-        const int64_t ahead = ahead0 + b * step;
-        if (ahead < limit) _mm_prefetch((const char *)(w + ahead), _MM_HINT_T0);
-        if (ahead + 64 < limit) _mm_prefetch((const char *)(w + ahead + 64), _MM_HINT_T0);
-        if (step > 128 && ahead + 128 < limit) {
-            _mm_prefetch((const char *)(w + ahead + 128), _MM_HINT_T0);
-        }
-        const rke_block_q8x *xb = x + b;
-        const __m256i xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xb->qs));
-        const __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xb->qs + 16)));
-        const uint8_t *blk0 = w + b * bsize, *blk1 = blk0 + row_bytes;
-        const uint8_t *blk2 = blk1 + row_bytes, *blk3 = blk2 + row_bytes;
-        /* [r0 | r2] and [r1 | r3] lanes -> [r0 01, 23, r1 01, 23 | r2 .., r3 ..] -> [r0 r1 r0 r1 |
-         * r2 r3 r2 r3], whose 64-bit lanes 0 and 2 are the 4 rows in order */
-        const __m256i h = _mm256_hadd_epi32(pair_lanes(kind, blk0, blk2, xlo, xhi),
-                                            pair_lanes(kind, blk1, blk3, xlo, xhi));
-        const __m256i h2 = _mm256_permute4x64_epi64(_mm256_hadd_epi32(h, h), 0x08);
-        __m128i isum = _mm256_castsi256_si128(h2);
-        if (has_offset(kind)) {
-            /* s broadcast by a load (a set1 from a register would take the shuffle port) */
-            const __m128i s = _mm_castps_si128(_mm_broadcast_ss((const float *)&xb->s));
-            isum = _mm_sub_epi32(isum, _mm_slli_epi32(s, offset_shift(kind)));
-        }
-        const __m128 scale = _mm_mul_ps(gather4(blk0, blk1, blk2, blk3), _mm_broadcast_ss(&xb->d));
-        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_cvtepi32_ps(isum), scale));
-        if (has_min(kind)) {
-            const __m128 sdx = _mm_set1_ps(xb->d * (float)xb->s);
-            accm = _mm_add_ps(accm, _mm_mul_ps(gather4(blk0 + 2, blk1 + 2, blk2 + 2, blk3 + 2), sdx));
-        }
-    }
-    _mm_storeu_ps(y, has_min(kind) ? _mm_add_ps(acc, accm) : acc);
-}
-
-/* Decode, 8 consecutive rows: decode_tile's scheme with the per-block costs that do not depend on the
- * rows (the token's loads and offset, the fold's last horizontal add, the loop) shared by twice as many:
- * three hadds fold 8 rows' lanes into one register as [r0 r1 r4 r5 | r2 r3 r6 r7], the scales are gathered
- * in that order, and one permute at the end puts the rows in place. A quarter fewer instructions a
- * row-block than two 4-row tiles (one thread in cache: Q4_0 +18-20 %, Q8_0 +10-12 % row-blocks/s), which
- * matters where two threads share a core: Q4_0 decode was bound by them as much as by memory. */
-static inline __attribute__((always_inline)) void decode_tile8(const int kind, const uint8_t *w,
-                                                               const rke_block_q8x *x, float *y,
-                                                               int64_t nb, int64_t row_bytes,
-                                                               const int64_t ahead0,
-                                                               const int64_t limit) {
     const int64_t bsize = block_bytes(kind), step = 8 * bsize;
     __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t ahead = ahead0 + b * step; /* offsets from w, as in decode_tile */
+        /* offsets from w, so no pointer is formed past the chunk; a step's last line may be only
+         * partly prefetched, and the next step's first prefetch covers the rest */
+        const int64_t ahead = ahead0 + b * step;
 #pragma GCC unroll 8
         for (int64_t off = 0; off < step; off += 64) {
             if (ahead + off < limit) _mm_prefetch((const char *)(w + ahead + off), _MM_HINT_T0);
@@ -288,13 +255,10 @@ static inline __attribute__((always_inline)) void decode_tile8(const int kind, c
             const __m256i s = _mm256_castps_si256(_mm256_broadcast_ss((const float *)&xb->s));
             isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, offset_shift(kind)));
         }
-        const __m256 dw = _mm256_insertf128_ps(_mm256_castps128_ps256(gather4(blk[0], blk[1], blk[4], blk[5])),
-                                               gather4(blk[2], blk[3], blk[6], blk[7]), 1);
+        const __m256 dw = gather8(blk, 0);
         acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb->d))));
         if (has_min(kind)) {
-            const __m256 mw = _mm256_insertf128_ps(
-                _mm256_castps128_ps256(gather4(blk[0] + 2, blk[1] + 2, blk[4] + 2, blk[5] + 2)),
-                gather4(blk[2] + 2, blk[3] + 2, blk[6] + 2, blk[7] + 2), 1);
+            const __m256 mw = gather8(blk, 2);
             accm = _mm256_add_ps(accm, _mm256_mul_ps(mw, _mm256_set1_ps(xb->d * (float)xb->s)));
         }
     }
@@ -303,7 +267,7 @@ static inline __attribute__((always_inline)) void decode_tile8(const int kind, c
     _mm256_storeu_ps(y, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sum), 0xD8)));
 }
 
-/* decode: 8 (then 4) rows share each activation block; prefetches stay inside [row_begin, row_end) */
+/* decode: 8 rows share each activation block; prefetches stay inside [row_begin, row_end) */
 static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_cols, int64_t row_begin,
@@ -312,12 +276,8 @@ static inline __attribute__((always_inline)) void matvec(const int kind, const v
     const uint8_t *wb = (const uint8_t *)w;
     int64_t r = row_begin;
     for (; r + 8 <= row_end; r += 8) {
-        decode_tile8(kind, wb + r * row_bytes, x, y + r, nb, row_bytes,
-                     8 * row_bytes + NEXT_TILE_DISTANCE, (row_end - r) * row_bytes);
-    }
-    for (; r + 4 <= row_end; r += 4) {
         decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes,
-                    4 * row_bytes + NEXT_TILE_DISTANCE, (row_end - r) * row_bytes);
+                    8 * row_bytes + NEXT_TILE_DISTANCE, (row_end - r) * row_bytes);
     }
     for (; r < row_end; r++) y[r] = decode_row(kind, wb + r * row_bytes, x, nb);
 }
@@ -477,7 +437,7 @@ static inline __attribute__((always_inline)) void group_tile(const int kind, con
 
 /* Prompts: pairs of token groups (16 tokens) against all rows of [row_begin, row_end) (a pool
  * chunk, small enough to stay in L2 across the groups), 2 rows per tile; a last single group
- * takes the same tile with one group, tokens past the last group the decode tiles. */
+ * takes the same tile with one group, tokens past the last group are decoded (matvec). */
 static inline __attribute__((always_inline)) void matmul(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_tokens, int64_t n_rows,
@@ -507,13 +467,7 @@ static inline __attribute__((always_inline)) void matmul(const int kind, const v
         }
     }
     for (int64_t t = grouped; t < n_tokens; t++) {
-        const rke_block_q8x *xt = x + t * nb;
-        float *yt = y + t * n_rows;
-        int64_t r = row_begin;
-        for (; r + 4 <= row_end; r += 4) {
-            decode_tile(kind, wb + r * row_bytes, xt, yt + r, nb, row_bytes, 0, 0);
-        }
-        for (; r < row_end; r++) yt[r] = decode_row(kind, wb + r * row_bytes, xt, nb);
+        matvec(kind, w, x + t * nb, y + t * n_rows, n_cols, row_begin, row_end);
     }
 }
 
