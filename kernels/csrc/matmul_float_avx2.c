@@ -19,11 +19,18 @@ static inline __m256 load_w8(const int kind, const void *w, int64_t i) {
 
 /* Outputs y[t * y_stride + r] for nr rows of w (stride n_cols elements) and nt tokens of x
  * (stride n_cols). Columns past the last multiple of 8 go through zero-padded copies: the
- * padded lanes add 0 * 0 = +0, which leaves an accumulator's bits unchanged. */
+ * padded lanes add 0 * 0 = +0, which leaves an accumulator's bits unchanged.
+ *
+ * Decode tiles prefetch as the quantized decode tile does (rke_matmul_quant_x86.h): each step
+ * of 8 columns asks for the next lines of the region that starts `ahead0` bytes from w, below
+ * `limit` (0: no prefetching). The LoRA matrices are small (24-200 KiB) and come between large
+ * ones, so the hardware's prefetcher, which restarts at each 4 KiB page, left one thread at
+ * 5-6 GB/s on them. */
 static inline __attribute__((always_inline)) void tile(const int kind, const void *w,
                                                        const float *x, float *y,
                                                        int64_t n_cols, int64_t y_stride,
-                                                       const int nr, const int nt) {
+                                                       const int nr, const int nt,
+                                                       const int64_t ahead0, const int64_t limit) {
     const int64_t wsize = kind == KIND_F32 ? 4 : 2;
     __m256 acc[4][4];
 #pragma GCC unroll 4
@@ -31,8 +38,14 @@ static inline __attribute__((always_inline)) void tile(const int kind, const voi
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) acc[r][t] = _mm256_setzero_ps();
     }
+    const int64_t step = nr * 8 * wsize; /* bytes of w one column step reads */
     int64_t c = 0;
     for (; c + 8 <= n_cols; c += 8) {
+        const int64_t ahead = ahead0 + c / 8 * step;
+#pragma GCC unroll 2
+        for (int64_t off = 0; off < step; off += 64) {
+            if (ahead + off < limit) _mm_prefetch((const char *)w + ahead + off, _MM_HINT_T0);
+        }
         __m256 wv[4];
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
@@ -67,17 +80,33 @@ static inline __attribute__((always_inline)) void tile(const int kind, const voi
     }
 }
 
-/* decode: 4 rows share each activation load */
+#ifndef FLOAT_PREFETCH_DISTANCE
+#define FLOAT_PREFETCH_DISTANCE 4096
+#endif
+
+/* decode: 4 rows share each activation load. A tile prefetches the region from
+ * FLOAT_PREFETCH_DISTANCE bytes past the next tile's start; what comes before the second tile's
+ * region is asked for at once (at most 16 KiB: the hardware's prefetcher takes over past that).
+ * Prefetches stay inside [row_begin, row_end). */
 static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
                                                          const float *x, float *y,
                                                          int64_t n_cols, int64_t row_begin,
                                                          int64_t row_end) {
     const int64_t wsize = kind == KIND_F32 ? 4 : 2, row_bytes = n_cols * wsize;
+    const char *wb = (const char *)w + row_begin * row_bytes;
+    const int64_t bytes = (row_end - row_begin) * row_bytes;
+    const int64_t tile_bytes = 4 * row_bytes, first = tile_bytes + FLOAT_PREFETCH_DISTANCE;
+    for (int64_t off = 0; off < first && off < bytes && off < 16384; off += 64) {
+        _mm_prefetch(wb + off, _MM_HINT_T0);
+    }
     int64_t r = row_begin;
     for (; r + 4 <= row_end; r += 4) {
-        tile(kind, (const char *)w + r * row_bytes, x, y + r, n_cols, 1, 4, 1);
+        const int64_t at = (r - row_begin) * row_bytes;
+        tile(kind, wb + at, x, y + r, n_cols, 1, 4, 1, first, bytes - at);
     }
-    for (; r < row_end; r++) tile(kind, (const char *)w + r * row_bytes, x, y + r, n_cols, 1, 1, 1);
+    for (; r < row_end; r++) {
+        tile(kind, wb + (r - row_begin) * row_bytes, x, y + r, n_cols, 1, 1, 1, 0, 0);
+    }
 }
 
 /* prompts: 2 rows x 4 tokens per tile; tokens in blocks that stay in cache across the rows */
@@ -95,18 +124,18 @@ static inline __attribute__((always_inline)) void matmul(const int kind, const v
             int64_t t = t0;
             if (r + 2 <= row_end) {
                 for (; t + 4 <= t1; t += 4) {
-                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 2, 4);
+                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 2, 4, 0, 0);
                 }
                 for (; t < t1; t++) {
-                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 2, 1);
+                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 2, 1, 0, 0);
                 }
                 r += 2;
             } else {
                 for (; t + 4 <= t1; t += 4) {
-                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 1, 4);
+                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 1, 4, 0, 0);
                 }
                 for (; t < t1; t++) {
-                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 1, 1);
+                    tile(kind, wr, x + t * n_cols, y + t * n_rows + r, n_cols, n_rows, 1, 1, 0, 0);
                 }
                 r += 1;
             }

@@ -267,13 +267,18 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
     _mm256_storeu_ps(y, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sum), 0xD8)));
 }
 
-/* decode: 8 rows share each activation block; prefetches stay inside [row_begin, row_end) */
+/* decode: 8 rows share each activation block. What comes before the second tile's prefetch
+ * region is asked for at once (at most 16 KiB); prefetches stay inside [row_begin, row_end). */
 static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_cols, int64_t row_begin,
                                                          int64_t row_end) {
     const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
     const uint8_t *wb = (const uint8_t *)w;
+    const int64_t first = 8 * row_bytes + NEXT_TILE_DISTANCE, bytes = (row_end - row_begin) * row_bytes;
+    for (int64_t off = 0; off < first && off < bytes && off < 16384; off += 64) {
+        _mm_prefetch((const char *)(wb + row_begin * row_bytes + off), _MM_HINT_T0);
+    }
     int64_t r = row_begin;
     for (; r + 8 <= row_end; r += 8) {
         decode_tile(kind, wb + r * row_bytes, x, y + r, nb, row_bytes,
