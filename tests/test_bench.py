@@ -19,7 +19,7 @@ from rwkv_edge.kernels import ThreadPool, dispatch
 from rwkv_edge.kernels.bandwidth import MIN_BYTES, read_bandwidth, read_sum
 from rwkv_edge.quant.convert import convert
 from rwkv_edge.quant.ggml_types import GGMLType
-from rwkv_edge.tools.bench import bytes_per_token
+from rwkv_edge.tools.bench import bytes_per_token, cache_note, last_level_cache_bytes
 from rwkv_edge.tools.default_model import default_model_path
 from rwkv_edge.tools.file_pages import MappedPages, mapped_pages
 
@@ -171,3 +171,41 @@ def test_mapped_pages_counts_this_process_maps_of_the_file(tmp_path):
     int(second.sum())
     assert mapped_pages(path).resident_bytes == whole + 4096  # both maps count
     del first, second
+
+
+def _cache_tree(root, entries):
+    for name, (kind, size) in entries.items():
+        (root / name).mkdir(parents=True)
+        if kind is not None:
+            (root / name / "type").write_text(kind + "\n")
+        (root / name / "size").write_text(size + "\n")
+
+
+def test_last_level_cache_from_a_sysfs_tree(tmp_path):
+    _cache_tree(tmp_path, {"index0": ("Data", "48K"), "index1": ("Instruction", "512M"), "index2": ("Unified", "2048K"),
+                           "index3": ("Unified", "307200K"), "index4": (None, "900M"), "index5": ("Unified", "lots"),
+                           "uevent": ("Data", "999G")})
+    # the instruction cache, an entry without a type, an unreadable size and a non-index entry do not count
+    assert last_level_cache_bytes(str(tmp_path)) == 300 << 20
+    assert last_level_cache_bytes(str(tmp_path / "missing")) is None
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert last_level_cache_bytes(str(empty)) is None
+
+
+def test_last_level_cache_agrees_with_getconf():
+    # glibc's getconf reads the sizes through CPUID, not sysfs
+    out = subprocess.run(["getconf", "-a"], capture_output=True, text=True, check=True).stdout
+    sizes = [int(v) for k, _, v in (line.partition(" ") for line in out.splitlines())
+             if k in ("LEVEL1_DCACHE_SIZE", "LEVEL2_CACHE_SIZE", "LEVEL3_CACHE_SIZE", "LEVEL4_CACHE_SIZE")
+             and v.strip().isdigit() and int(v) > 0]
+    assert sizes, out
+    assert last_level_cache_bytes() == max(sizes)
+
+
+def test_the_bound_line_says_when_a_model_fits_the_cache():
+    d = {"bytes_per_token": 100 << 20, "last_level_cache_bytes": 300 << 20}
+    assert cache_note(d) == " (the bytes read per token fit in the 300 MiB last-level cache: decode can beat it)"
+    assert cache_note({**d, "bytes_per_token": (300 << 20) + 1}) == ""
+    assert cache_note({**d, "last_level_cache_bytes": None}) == ""
+

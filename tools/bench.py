@@ -87,6 +87,34 @@ def current_rss_bytes() -> int:
     return 0
 
 
+def last_level_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The largest data or unified cache Linux lists for cpu0 (its index*/ entries), None where there is
+    none to read. A model whose bytes per token fit in it can decode faster than the DRAM probe allows."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    sizes = []
+    try:
+        entries = sorted(os.listdir(cache_dir))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(cache_dir, entry, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(cache_dir, entry, "size")) as f:
+                size = f.read().strip()
+        except OSError:
+            continue
+        if kind not in ("Data", "Unified"):
+            continue
+        if size[-1:] in units and size[:-1].isdigit():
+            sizes.append(int(size[:-1]) * units[size[-1]])
+        elif size.isdigit():
+            sizes.append(int(size))
+    return max(sizes, default=None)
+
+
 def _check_counts(args: argparse.Namespace) -> None:
     for name in ("tokens", "prompt", "prompt_runs", "probe_mib"):
         value = getattr(args, name)
@@ -185,7 +213,16 @@ def measure(
         "probe_impl": bw.impl,
         "bound_ms": bound_ms,
         "bound_fraction": bound_ms / decode_median,  # 1.0 = decode at the memory-bandwidth limit
+        "last_level_cache_bytes": last_level_cache_bytes(),
     }
+
+
+def cache_note(d: dict[str, Any]) -> str:
+    """What the bound line adds when the bytes a token reads fit in the CPU's last-level cache."""
+    llc = d.get("last_level_cache_bytes")
+    if llc is None or d["bytes_per_token"] > llc:
+        return ""
+    return f" (the bytes read per token fit in the {llc / MIB:,.0f} MiB last-level cache: decode can beat it)"
 
 
 def format_report(d: dict[str, Any]) -> str:
@@ -210,7 +247,8 @@ def format_report(d: dict[str, Any]) -> str:
         ("bandwidth", (f"{d['read_gb_s']:.2f} GB/s read, median of {d['probe_passes']} passes over "
                       f"{mib['probe_bytes']:,.0f} MiB ({d['probe_threads']} threads, {d['probe_impl']}; "
                       f"best {d['read_gb_s_best']:.2f})")),
-        ("bound", f"{d['bound_ms']:.2f} ms/token; decode runs at {100 * d['bound_fraction']:.0f} % of it"),
+        ("bound", f"{d['bound_ms']:.2f} ms/token; decode runs at {100 * d['bound_fraction']:.0f} % of it"
+                  + cache_note(d)),
     ]
     return "\n".join(f"{key:<11} {value}" for key, value in lines)
 

@@ -33,7 +33,7 @@ import numpy as np
 from ..quant.convert import convert_checkpoint
 from ..quant.ggml_types import GGMLType
 from ..quant.gguf_reader import read_gguf
-from .bench import WARMUP_PROMPT, WARMUP_STEPS, bench_tokens
+from .bench import WARMUP_PROMPT, WARMUP_STEPS, bench_tokens, cache_note
 from .file_pages import recache_huge
 from .random_model import SHAPES, random_checkpoint
 
@@ -233,6 +233,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         name = f"{row['model']} {row['type']}"
         if row["llama_note"]:
             notes.append(f"{name}: llama.cpp {row['llama_note']}")
+        if cache_note(o):
+            notes.append(f"{name}: bound{cache_note(o)}")
         shares = (row["ours_foreign_cpu"], row["llama_foreign_cpu"])
         foreign = [f"{100 * f:.0f} %" if f is not None else "?" for f in shares]
         lines.append("| " + " | ".join([
