@@ -208,4 +208,3 @@ def test_the_bound_line_says_when_a_model_fits_the_cache():
     assert cache_note(d) == " (the bytes read per token fit in the 300 MiB last-level cache: decode can beat it)"
     assert cache_note({**d, "bytes_per_token": (300 << 20) + 1}) == ""
     assert cache_note({**d, "last_level_cache_bytes": None}) == ""
-

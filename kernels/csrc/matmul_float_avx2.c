@@ -23,7 +23,7 @@ static inline __m256 load_w8(const int kind, const void *w, int64_t i) {
  *
  * Decode tiles prefetch as the quantized decode tile does (rke_matmul_quant_x86.h): each step
  * of 8 columns asks for the next lines of the region that starts `ahead0` bytes from w, below
- * `limit` (0: no prefetching). The LoRA matrices are small (24-200 KiB) and come between large
+ * `limit` (0: no prefetching). The LoRA matrices are small (24 KiB-1 MiB) and come between large
  * ones, so the hardware's prefetcher, which restarts at each 4 KiB page, left one thread at
  * 5-6 GB/s on them. */
 static inline __attribute__((always_inline)) void tile(const int kind, const void *w,
