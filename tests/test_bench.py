@@ -191,6 +191,11 @@ def test_last_level_cache_from_a_sysfs_tree(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert last_level_cache_bytes(str(empty)) is None
+    # the other units sysfs may write: M, G, plain bytes
+    for size, expected in (("3M", 3 << 20), ("1G", 1 << 30), ("5242880", 5 << 20)):
+        tree = tmp_path / f"tree-{size}"
+        _cache_tree(tree, {"index0": ("Data", "32K"), "index3": ("Unified", size)})
+        assert last_level_cache_bytes(str(tree)) == expected
 
 
 def test_last_level_cache_agrees_with_getconf():
@@ -205,6 +210,8 @@ def test_last_level_cache_agrees_with_getconf():
 
 def test_the_bound_line_says_when_a_model_fits_the_cache():
     d = {"bytes_per_token": 100 << 20, "last_level_cache_bytes": 300 << 20}
-    assert cache_note(d) == " (the bytes read per token fit in the 300 MiB last-level cache: decode can beat it)"
+    assert cache_note(d) == " (the bytes read per token fit in the 300 MiB last-level cache: decode may beat it)"
     assert cache_note({**d, "bytes_per_token": (300 << 20) + 1}) == ""
     assert cache_note({**d, "last_level_cache_bytes": None}) == ""
+    small = {"bytes_per_token": 100 << 10, "last_level_cache_bytes": 512 << 10}
+    assert cache_note(small) == " (the bytes read per token fit in the 512 KiB last-level cache: decode may beat it)"

@@ -108,9 +108,9 @@ def last_level_cache_bytes(cache_dir: str = "/sys/devices/system/cpu/cpu0/cache"
             continue
         if kind not in ("Data", "Unified"):
             continue
-        if size[-1:] in units and size[:-1].isdigit():
+        if size[-1:] in units and size[:-1].isdecimal():
             sizes.append(int(size[:-1]) * units[size[-1]])
-        elif size.isdigit():
+        elif size.isdecimal():
             sizes.append(int(size))
     return max(sizes, default=None)
 
@@ -222,7 +222,8 @@ def cache_note(d: dict[str, Any]) -> str:
     llc = d.get("last_level_cache_bytes")
     if llc is None or d["bytes_per_token"] > llc:
         return ""
-    return f" (the bytes read per token fit in the {llc / MIB:,.0f} MiB last-level cache: decode can beat it)"
+    size = f"{llc / MIB:,.0f} MiB" if llc >= MIB else f"{llc >> 10} KiB"
+    return f" (the bytes read per token fit in the {size} last-level cache: decode may beat it)"
 
 
 def format_report(d: dict[str, Any]) -> str:

@@ -233,8 +233,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         name = f"{row['model']} {row['type']}"
         if row["llama_note"]:
             notes.append(f"{name}: llama.cpp {row['llama_note']}")
-        if cache_note(o):
-            notes.append(f"{name}: bound{cache_note(o)}")
+        fits = cache_note(o)
+        if fits:
+            notes.append(f"{name}: bound{fits}")
         shares = (row["ours_foreign_cpu"], row["llama_foreign_cpu"])
         foreign = [f"{100 * f:.0f} %" if f is not None else "?" for f in shares]
         lines.append("| " + " | ".join([

@@ -23,7 +23,7 @@ static inline __m256 load_w8(const int kind, const void *w, int64_t i) {
  *
  * Decode tiles prefetch as the quantized decode tile does (rke_matmul_quant_x86.h): each step
  * of 8 columns asks for the next lines of the region that starts `ahead0` bytes from w, below
- * `limit` (0: no prefetching). The LoRA matrices are small (24 KiB-1 MiB) and come between large
+ * `limit` (0: no prefetching). The LoRA matrices are small (48 KiB-1 MiB) and come between large
  * ones, so the hardware's prefetcher, which restarts at each 4 KiB page, left one thread at
  * 5-6 GB/s on them. */
 static inline __attribute__((always_inline)) void tile(const int kind, const void *w,
@@ -41,10 +41,12 @@ static inline __attribute__((always_inline)) void tile(const int kind, const voi
     const int64_t step = nr * 8 * wsize; /* bytes of w one column step reads */
     int64_t c = 0;
     for (; c + 8 <= n_cols; c += 8) {
-        const int64_t ahead = ahead0 + c / 8 * step;
+        if (limit > 0) { /* a constant 0 (prompts, single rows) removes the loop once inlined */
+            const int64_t ahead = ahead0 + c / 8 * step;
 #pragma GCC unroll 2
-        for (int64_t off = 0; off < step; off += 64) {
-            if (ahead + off < limit) _mm_prefetch((const char *)w + ahead + off, _MM_HINT_T0);
+            for (int64_t off = 0; off < step; off += 64) {
+                if (ahead + off < limit) _mm_prefetch((const char *)w + ahead + off, _MM_HINT_T0);
+            }
         }
         __m256 wv[4];
 #pragma GCC unroll 4
@@ -85,9 +87,9 @@ static inline __attribute__((always_inline)) void tile(const int kind, const voi
 #endif
 
 /* decode: 4 rows share each activation load. A tile prefetches the region from
- * FLOAT_PREFETCH_DISTANCE bytes past the next tile's start; what comes before the second tile's
- * region is asked for at once (at most 16 KiB: the hardware's prefetcher takes over past that).
- * Prefetches stay inside [row_begin, row_end). */
+ * FLOAT_PREFETCH_DISTANCE bytes past the next tile's start; what comes before the first tile's
+ * region is asked for at once, up to 16 KiB (where rows are longer, the rest of it is left to the
+ * hardware's prefetcher). Prefetches stay inside [row_begin, row_end). */
 static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
                                                          const float *x, float *y,
                                                          int64_t n_cols, int64_t row_begin,

@@ -267,8 +267,8 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
     _mm256_storeu_ps(y, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sum), 0xD8)));
 }
 
-/* decode: 8 rows share each activation block. What comes before the second tile's prefetch
- * region is asked for at once (at most 16 KiB); prefetches stay inside [row_begin, row_end). */
+/* decode: 8 rows share each activation block. What comes before the first tile's prefetch region
+ * is asked for at once, up to 16 KiB; prefetches stay inside [row_begin, row_end). */
 static inline __attribute__((always_inline)) void matvec(const int kind, const void *w,
                                                          const rke_block_q8x *x, float *y,
                                                          int64_t n_cols, int64_t row_begin,
