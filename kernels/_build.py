@@ -20,7 +20,10 @@ SOURCES = sorted(CSRC.glob("*.c"))
 HEADERS = ("rke_kernels.h", "rke_model.h")  # the public API cffi sees, in dependency order
 # Baseline ISA everywhere (the *_avx2.c files enable AVX2 for themselves); no -ffast-math, and no
 # contraction into FMA, since the scalar and AVX2 paths must round exactly like the reference.
-COMPILE_ARGS = ["-O2", "-std=c11", "-ffp-contract=off"]
+# -O3, not -O2: gcc 12 then vectorizes the per-token elementwise loops (norms, token shift, gates)
+# behind run-time alias checks, which -O2's cost model refuses; each lane still does the scalar
+# operations in the scalar order, so the bits do not change (v7 0.1B prompt +9 %, 1.5B decode -3 %).
+COMPILE_ARGS = ["-O3", "-std=c11", "-ffp-contract=off"]
 
 
 def _cdef(header: Path) -> str:

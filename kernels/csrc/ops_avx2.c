@@ -4,6 +4,7 @@
 #include "rke_avx2_target.h"
 RKE_AVX2_BEGIN /* to RKE_AVX2_END: AVX2, FMA and F16C code */
 #include "rke_avx2.h"
+#include "rke_exp_avx2.h"
 #include "rke_model_internal.h"
 
 #if RKE_X86
@@ -91,9 +92,34 @@ static void wkv7_avx2(float *S, const float *r, const float *w, const float *k, 
     }
 }
 
+static void gates7_avx2(const rke_gates7 *g, int64_t C) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= C; i += 8) {
+        const __m256 s = rke_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g->w0 + i), _mm256_loadu_ps(g->w + i)));
+        _mm256_storeu_ps(g->w + i, rke_exp8(_mm256_mul_ps(_mm256_set1_ps(-RKE_V7_DECAY_SCALE), s)));
+        const __m256 al = rke_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g->a0 + i), _mm256_loadu_ps(g->alpha + i)));
+        _mm256_storeu_ps(g->alpha + i, al);
+        const __m256 vi = _mm256_loadu_ps(g->v + i);
+        if (g->first_layer) {
+            _mm256_storeu_ps(g->v_first + i, vi);
+        } else {
+            const __m256 gate = rke_sigmoid8(_mm256_add_ps(_mm256_loadu_ps(g->v0 + i), _mm256_loadu_ps(g->v_lora + i)));
+            _mm256_storeu_ps(g->v + i,
+                             _mm256_add_ps(vi, _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(g->v_first + i), vi), gate)));
+        }
+        const __m256 ki = _mm256_loadu_ps(g->k + i);
+        _mm256_storeu_ps(g->kk + i, _mm256_mul_ps(ki, _mm256_loadu_ps(g->k_k + i)));
+        const __m256 ka = _mm256_mul_ps(_mm256_sub_ps(al, one), _mm256_loadu_ps(g->k_a + i));
+        _mm256_storeu_ps(g->k + i, _mm256_mul_ps(ki, _mm256_add_ps(one, ka)));
+    }
+    rke_gates7_tail(g, i, C);
+}
+
 const rke_ops rke_ops_avx2 = {
     .wkv5 = wkv5_avx2,
     .wkv7 = wkv7_avx2,
+    .gates7 = gates7_avx2,
 };
 
 #endif

@@ -64,9 +64,10 @@ int rke_matvec(rke_pool *pool, int impl, int qtype, const void *w, const float *
 int rke_matmul(rke_pool *pool, int impl, int qtype, const void *w, const float *x,
                rke_block_q8x *xq, float *y, int64_t n_tokens, int64_t n_rows, int64_t n_cols);
 
-/* y = exp(x) as the model code computes it (rke_exp.h): vector != 0 takes the SSE2 version
- * where there is one (x86 with SSE2), else the scalar one; both give the same bits. */
-void rke_exp_f32(const float *x, float *y, int64_t n, int vector);
+/* y = exp(x) as the model code computes it (rke_exp.h): lanes 8 takes the AVX2 version (x86
+ * only, and only on a CPU with AVX2), 4 the SSE2 one where there is one, anything else the
+ * scalar one; all give the same bits. */
+void rke_exp_f32(const float *x, float *y, int64_t n, int lanes);
 
 /* Memory-bandwidth probe (bandwidth.c): *sum = the sum mod 2^64 of n_words words, every word
  * loaded once by the pool's threads. pool may be NULL. */

@@ -16,6 +16,19 @@
 #include "rke_internal.h"
 #include "rke_model.h"
 
+/* exp(-1/2) as the reference writes it: w = exp(-0.606531 * sigmoid(w0 + lora)) */
+#define RKE_V7_DECAY_SCALE 0.606531f
+
+/* RWKV-7's per-channel gates of one token (runtime/rwkv7.py), in place over C channels:
+ * w = exp(-0.606531 sigmoid(w0 + w)), alpha = sigmoid(a0 + alpha); v = v + (v_first - v) *
+ * sigmoid(v0 + v_lora), except on layer 0, whose v becomes v_first; kk = k * k_k and
+ * k = k * (1 + (alpha - 1) * k_a). The sigmoids and exp are rke_exp.h's. */
+typedef struct {
+    float *w, *alpha, *v, *v_first, *kk, *k;      /* (C) */
+    const float *v_lora, *w0, *a0, *v0, *k_k, *k_a; /* (C) */
+    int first_layer;
+} rke_gates7;
+
 /* The operations whose speed matters, one table per ISA. Pointers into (T, stride) arrays. */
 typedef struct {
     /* One head of the v5/v6 WKV over T tokens; S (N, N) [value][key], the token rows of r, k,
@@ -29,9 +42,12 @@ typedef struct {
     void (*wkv7)(float *S, const float *r, const float *w, const float *k, const float *v,
                  const float *kk, const float *b, float *y, int64_t T, int64_t N,
                  int64_t stride);
+    void (*gates7)(const rke_gates7 *g, int64_t C);
 } rke_ops;
 
 extern const rke_ops rke_ops_scalar;
+/* rke_gates7 from channel i to C one channel at a time (ops_scalar.c): the vector loops' tail */
+void rke_gates7_tail(const rke_gates7 *g, int64_t i, int64_t C);
 #if RKE_X86
 extern const rke_ops rke_ops_avx2;
 #endif

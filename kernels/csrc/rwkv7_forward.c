@@ -1,10 +1,6 @@
 /* RWKV-7 layers for T tokens in C: runtime/rwkv7.py's time_mix and channel_mix, same names and
  * the same order of operations per element (docs/rwkv-math.md §7). */
-#include "rke_exp.h"
 #include "rke_model_internal.h"
-
-/* exp(-1/2) as the reference writes it: w = exp(-0.606531 * sigmoid(w0 + lora)) */
-#define DECAY_SCALE 0.606531f
 
 /* (T, C) buffers: v_first, layer 0's v that every later layer's value residual reads; then one
  * layer's xn, the LayerNorm output, and the mixes xr..xg as the reference names them; the LoRA
@@ -84,42 +80,12 @@ static void prepare_token(const void *ctx, int64_t t) {
     const rke_rwkv7_layer *L = c->L;
     const buffers7 *B = c->B;
     const int64_t C = c->run->m->n_embd, N = c->run->m->head_size, o = t * C;
-    float *w = B->xw + o, *alpha = B->xa + o, *kk = B->xk + o, *b = B->xr + o;
-    float *k = B->k + o, *v = B->v + o, *v_first = B->v_first + o;
-    const float *v_lora = B->xv + o;
-    int64_t i = 0;
-#if RKE_HAVE_SSE2
-    /* rke_exp.h's SSE2 twin: the scalar loop's bits, four channels at a time */
-    const __m128 one = _mm_set1_ps(1.0f);
-    for (; i + 4 <= C; i += 4) {
-        const __m128 s = rke_sigmoid4(_mm_add_ps(_mm_loadu_ps(L->w0 + i), _mm_loadu_ps(w + i)));
-        _mm_storeu_ps(w + i, rke_exp4(_mm_mul_ps(_mm_set1_ps(-DECAY_SCALE), s)));
-        const __m128 al = rke_sigmoid4(_mm_add_ps(_mm_loadu_ps(L->a0 + i), _mm_loadu_ps(alpha + i)));
-        _mm_storeu_ps(alpha + i, al);
-        const __m128 vi = _mm_loadu_ps(v + i);
-        if (c->first_layer) {
-            _mm_storeu_ps(v_first + i, vi);
-        } else {
-            const __m128 gate = rke_sigmoid4(_mm_add_ps(_mm_loadu_ps(L->v0 + i), _mm_loadu_ps(v_lora + i)));
-            _mm_storeu_ps(v + i, _mm_add_ps(vi, _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(v_first + i), vi), gate)));
-        }
-        const __m128 ki = _mm_loadu_ps(k + i);
-        _mm_storeu_ps(kk + i, _mm_mul_ps(ki, _mm_loadu_ps(L->k_k + i)));
-        const __m128 ka = _mm_mul_ps(_mm_sub_ps(al, one), _mm_loadu_ps(L->k_a + i));
-        _mm_storeu_ps(k + i, _mm_mul_ps(ki, _mm_add_ps(one, ka)));
-    }
-#endif
-    for (; i < C; i++) {
-        w[i] = rke_exp(-DECAY_SCALE * rke_sigmoid_fast(L->w0[i] + w[i]));
-        alpha[i] = rke_sigmoid_fast(L->a0[i] + alpha[i]);
-        if (c->first_layer) {
-            v_first[i] = v[i];
-        } else {
-            v[i] = v[i] + (v_first[i] - v[i]) * rke_sigmoid_fast(L->v0[i] + v_lora[i]);
-        }
-        kk[i] = k[i] * L->k_k[i];
-        k[i] = k[i] * (1.0f + (alpha[i] - 1.0f) * L->k_a[i]);
-    }
+    float *kk = B->xk + o, *b = B->xr + o;
+    const rke_gates7 g = {B->xw + o, B->xa + o, B->v + o, B->v_first + o, kk,    B->k + o,
+                          B->xv + o, L->w0,     L->a0,    L->v0,          L->k_k, L->k_a,
+                          c->first_layer};
+    c->run->ops->gates7(&g, C);
+    const float *alpha = g.alpha;
     for (int64_t h = 0; h < C; h += N) {
         const float norm = sqrtf(rke_pairwise_sum(kk + h, N, 1)); /* np.linalg.norm's sum */
         const float div = norm > 1e-12f ? norm : 1e-12f;
