@@ -372,6 +372,22 @@ def test_thread_pools_give_the_same_bits(qtype: GGMLType, n_threads: int) -> Non
                 assert_same_bits(y, expected[2], name)
 
 
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_guided_chunks_cover_every_row_once(n_threads: int) -> None:
+    """Products of one matrix hand out chunks that shrink from a quarter (two threads) of the rows
+    to one grain of 32 KiB of work: ~20k short rows make dozens of them, the last one partial."""
+    rng = np.random.default_rng([7, n_threads])
+    n_rows, n_cols = 20011, 64
+    w = quant_blocks(GGMLType.Q4_0, n_rows, n_cols, rng)
+    x = np.stack([activations(n_cols, rng) for _ in range(9)])
+    expected = reference.matmul(GGMLType.Q4_0, w, n_rows, n_cols, x)
+    with ThreadPool(n_threads) as pool:
+        for name in BACKENDS:
+            backend = dispatch.load(name)
+            assert_same_bits(backend.matmul(GGMLType.Q4_0, w, n_rows, n_cols, x, pool=pool), expected, name)
+            assert_same_bits(backend.matvec(GGMLType.Q4_0, w, n_rows, n_cols, x[4], pool=pool), expected[4], name)
+
+
 def test_one_pool_shared_by_python_threads() -> None:
     rng = np.random.default_rng(5)
     w = quant_blocks(GGMLType.Q8_0, 500, 512, rng)

@@ -1,5 +1,6 @@
 /* The persistent thread pool: workers split a task's items in chunks taken from an atomic
- * counter, the calling thread working too. Workers spin briefly between tasks (decode runs
+ * counter, the calling thread working too; equal chunks, or (guided) chunks that shrink as the
+ * items run out. Workers spin briefly between tasks (decode runs
  * many short matvecs back to back), then sleep on a condition variable. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -22,11 +23,12 @@ struct rke_pool {
     atomic_int n_sleeping;
     atomic_int n_finished; /* workers done with the current task */
     atomic_int stop;
-    atomic_int_fast64_t next_chunk;
+    atomic_int_fast64_t next_chunk; /* guided: the next item */
     /* the current task, written before `generation` is bumped */
     rke_task_fn task;
     const void *ctx;
     int64_t n_items, grain;
+    int guided;
 };
 
 static inline void cpu_relax(void) {
@@ -35,7 +37,28 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Guided self-scheduling: each chunk takes 1 / (2 x threads) of the items left, in whole grains, so
+ * the last chunks are one grain and the threads finish within about a grain of each other. */
+static void run_guided(rke_pool *pool) {
+    const int64_t n = pool->n_items, grain = pool->grain, parts = 2 * (int64_t)pool->n_threads;
+    int_fast64_t begin = atomic_load(&pool->next_chunk);
+    while (begin < n) {
+        const int64_t want = (n - begin + parts - 1) / parts;
+        const int64_t size = (want + grain - 1) / grain * grain;
+        const int64_t end = size < n - begin ? begin + size : n;
+        /* on failure `begin` becomes what another thread left */
+        if (atomic_compare_exchange_weak(&pool->next_chunk, &begin, end)) {
+            pool->task(pool->ctx, begin, end);
+            begin = atomic_load(&pool->next_chunk);
+        }
+    }
+}
+
 static void run_chunks(rke_pool *pool) {
+    if (pool->guided) {
+        run_guided(pool);
+        return;
+    }
     const int64_t n_chunks = (pool->n_items + pool->grain - 1) / pool->grain;
     for (;;) {
         const int64_t c = atomic_fetch_add(&pool->next_chunk, 1);
@@ -129,8 +152,8 @@ void rke_pool_destroy(rke_pool *pool) {
 
 int rke_pool_threads(const rke_pool *pool) { return pool ? pool->n_threads : 1; }
 
-void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
-                  int64_t grain) {
+static void run_task(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
+                     int64_t grain, int guided) {
     if (n_items <= 0) return;
     if (!pool || pool->n_threads == 1 || n_items <= grain) {
         task(ctx, 0, n_items);
@@ -141,6 +164,7 @@ void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_i
     pool->ctx = ctx;
     pool->n_items = n_items;
     pool->grain = grain;
+    pool->guided = guided;
     atomic_store(&pool->next_chunk, 0);
     atomic_store(&pool->n_finished, 0);
     start_task(pool);
@@ -155,4 +179,14 @@ void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_i
         }
     }
     pthread_mutex_unlock(&pool->run_lock);
+}
+
+void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
+                  int64_t grain) {
+    run_task(pool, task, ctx, n_items, grain, 0);
+}
+
+void rke_pool_run_guided(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
+                         int64_t grain) {
+    run_task(pool, task, ctx, n_items, grain, 1);
 }

@@ -164,5 +164,10 @@ int rke_matvec_many(rke_pool *pool, int impl, const rke_matvec_job *jobs, int n_
 typedef void (*rke_task_fn)(const void *ctx, int64_t begin, int64_t end);
 void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
                   int64_t grain);
+/* The same with chunks of a multiple of `grain` items that shrink as the items run out, from
+ * 1 / (2 x threads) of them to one grain: the threads end together, where equal chunks can leave
+ * one thread a whole chunk behind (a token's largest products are each a few such chunks). */
+void rke_pool_run_guided(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
+                         int64_t grain);
 
 #endif
