@@ -25,13 +25,17 @@ def c_exp(x: np.ndarray, lanes: int) -> np.ndarray:
 
 
 def sample() -> np.ndarray:
-    """Every 97th float32 bit pattern (all signs, exponents, NaNs and infinities), a dense sweep of
-    the working range, and the edges with their neighbours; an odd count leaves a scalar tail."""
-    patterns = np.arange(0, 1 << 32, 97, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    sweep = np.linspace(-90, 90, 1_000_003, dtype=np.float32)
+    """The edges and their neighbours first (so every vector width takes them in its lanes), every
+    97th float32 bit pattern (all signs, exponents, NaNs and infinities), a dense sweep of the
+    working range, and 3 more points so that the 4- and 8-lane loops both leave a scalar tail."""
     edges = np.array([HI, LO, 0.0, -0.0, np.inf, -np.inf, np.nan], np.float32)
     near = np.concatenate([np.nextafter(edges[:2], np.float32(np.inf)), np.nextafter(edges[:2], np.float32(-np.inf))])
-    return np.concatenate([patterns, sweep, edges, near])
+    patterns = np.arange(0, 1 << 32, 97, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    sweep = np.linspace(-90, 90, 1_000_003, dtype=np.float32)
+    tail = np.array([HI, LO, 1.0], np.float32)
+    x = np.concatenate([edges, near, patterns, sweep, tail])
+    assert len(x) % 8 == 7 and len(x) % 4 == 3
+    return x
 
 
 @pytest.mark.parametrize("lanes", LANES)

@@ -375,7 +375,8 @@ def test_thread_pools_give_the_same_bits(qtype: GGMLType, n_threads: int) -> Non
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_guided_chunks_cover_every_row_once(n_threads: int) -> None:
     """Products of one matrix hand out chunks that shrink from a quarter (two threads) of the rows
-    to one grain of 32 KiB of work: ~20k short rows make dozens of them, the last one partial."""
+    to one grain of 32 KiB of work: ~20k short rows make 9-23 of them, the last one partial
+    (tests/test_kernels_pool.py traces the scheduling itself, item by item)."""
     rng = np.random.default_rng([7, n_threads])
     n_rows, n_cols = 20011, 64
     w = quant_blocks(GGMLType.Q4_0, n_rows, n_cols, rng)

@@ -144,7 +144,9 @@ static int run(rke_pool *pool, int impl, int qtype, const void *w, const float *
         c.x = xq;
     }
     const int64_t row_bytes = n_cols / c.k.block_elems * c.k.block_bytes;
-    /* the smallest chunk worth a hand-over: 8 rows (a tile) and 32 KiB of work */
+    /* guided chunks shrink to one grain: 8 rows (a tile) and 32 KiB of work, twice row_grain's
+     * floor, since a guided product ends in several one-grain chunks and each costs a
+     * compare-and-swap and its first region's prefetch */
     const int64_t min_rows = (32768 + row_bytes * n_tokens - 1) / (row_bytes * n_tokens);
     rke_pool_run_guided(pool, task, &c, n_rows, (min_rows + 7) / 8 * 8);
     return RKE_OK;

@@ -1,5 +1,6 @@
-/* The model's small vector operations in portable C: the reference order of operations that
- * ops_avx2.c reproduces bit for bit (lane i % 8 for reductions, rke_hsum8 at the end). */
+/* The model's small vector operations in portable C (with SSE2, x86-64's baseline, where it is
+ * there): the reference order of operations that ops_avx2.c reproduces bit for bit (lane i % 8
+ * for reductions, rke_hsum8 at the end). */
 #include "rke_exp.h"
 #include "rke_model_internal.h"
 
@@ -55,7 +56,7 @@ static void wkv7_scalar(float *S, const float *r, const float *w, const float *k
 }
 
 /* channels i.. of rke_gates7 one by one: the definition the vector loops reproduce */
-static void gates7_from(const rke_gates7 *g, int64_t i, int64_t C) {
+void rke_gates7_tail(const rke_gates7 *g, int64_t i, int64_t C) {
     for (; i < C; i++) {
         g->w[i] = rke_exp(-RKE_V7_DECAY_SCALE * rke_sigmoid_fast(g->w0[i] + g->w[i]));
         g->alpha[i] = rke_sigmoid_fast(g->a0[i] + g->alpha[i]);
@@ -68,8 +69,6 @@ static void gates7_from(const rke_gates7 *g, int64_t i, int64_t C) {
         g->k[i] = g->k[i] * (1.0f + (g->alpha[i] - 1.0f) * g->k_a[i]);
     }
 }
-
-void rke_gates7_tail(const rke_gates7 *g, int64_t i, int64_t C) { gates7_from(g, i, C); }
 
 static void gates7_scalar(const rke_gates7 *g, int64_t C) {
     int64_t i = 0;
@@ -94,7 +93,7 @@ static void gates7_scalar(const rke_gates7 *g, int64_t C) {
         _mm_storeu_ps(g->k + i, _mm_mul_ps(ki, _mm_add_ps(one, ka)));
     }
 #endif
-    gates7_from(g, i, C);
+    rke_gates7_tail(g, i, C);
 }
 
 const rke_ops rke_ops_scalar = {

@@ -23,7 +23,7 @@ struct rke_pool {
     atomic_int n_sleeping;
     atomic_int n_finished; /* workers done with the current task */
     atomic_int stop;
-    atomic_int_fast64_t next_chunk; /* guided: the next item */
+    atomic_int_fast64_t next_chunk; /* equal chunks: the next chunk's index; guided: the next item */
     /* the current task, written before `generation` is bumped */
     rke_task_fn task;
     const void *ctx;
@@ -155,6 +155,7 @@ int rke_pool_threads(const rke_pool *pool) { return pool ? pool->n_threads : 1; 
 static void run_task(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
                      int64_t grain, int guided) {
     if (n_items <= 0) return;
+    if (grain < 1) grain = 1;
     if (!pool || pool->n_threads == 1 || n_items <= grain) {
         task(ctx, 0, n_items);
         return;
@@ -189,4 +190,21 @@ void rke_pool_run(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_i
 void rke_pool_run_guided(rke_pool *pool, rke_task_fn task, const void *ctx, int64_t n_items,
                          int64_t grain) {
     run_task(pool, task, ctx, n_items, grain, 1);
+}
+
+/* rke_pool_trace: what each item and chunk start saw, for the tests */
+typedef struct {
+    int32_t *visits, *starts;
+} trace_ctx;
+
+static void trace_task(const void *ctx, int64_t begin, int64_t end) {
+    const trace_ctx *c = ctx;
+    __atomic_fetch_add(&c->starts[begin], 1, __ATOMIC_RELAXED);
+    for (int64_t i = begin; i < end; i++) __atomic_fetch_add(&c->visits[i], 1, __ATOMIC_RELAXED);
+}
+
+void rke_pool_trace(rke_pool *pool, int64_t n_items, int64_t grain, int guided, int32_t *visits,
+                    int32_t *starts) {
+    const trace_ctx c = {visits, starts};
+    run_task(pool, trace_task, &c, n_items, grain, guided);
 }

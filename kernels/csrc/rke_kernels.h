@@ -50,6 +50,11 @@ typedef struct rke_pool rke_pool;
 rke_pool *rke_pool_create(int n_threads);
 void rke_pool_destroy(rke_pool *pool);
 int rke_pool_threads(const rke_pool *pool);
+/* For the tests: runs n_items through the pool in chunks of `grain` (guided != 0: chunks that
+ * shrink to one grain, as single matrix products use), adding 1 to visits[i] for every item a
+ * chunk covers and to starts[begin] for every chunk (both n_items long, zeroed by the caller). */
+void rke_pool_trace(rke_pool *pool, int64_t n_items, int64_t grain, int guided, int32_t *visits,
+                    int32_t *starts);
 
 /* x (n_tokens * n_cols) float32 -> xq (n_tokens * n_cols / 32) blocks. n_cols % 32 == 0. */
 int rke_quantize_q8x(int impl, const float *x, rke_block_q8x *xq, int64_t n_blocks);
