@@ -2,10 +2,6 @@
  * numpy's exp: `lanes` 1 (scalar), 4 (SSE2) or 8 (AVX2: the caller checks the CPU first). */
 #include "rke_exp.h"
 
-#if RKE_X86
-void rke_exp_f32_avx2(const float *x, float *y, int64_t n); /* exp_f32_avx2.c */
-#endif
-
 void rke_exp_f32(const float *x, float *y, int64_t n, int lanes) {
     int64_t i = 0;
 #if RKE_X86

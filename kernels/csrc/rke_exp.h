@@ -18,6 +18,11 @@
 #define RKE_HAVE_SSE2 0
 #endif
 
+#if RKE_X86
+/* y = rke_exp(x) over n floats with rke_exp_avx2.h's 8 lanes (exp_f32_avx2.c; AVX2 CPUs only) */
+void rke_exp_f32_avx2(const float *x, float *y, int64_t n);
+#endif
+
 #define RKE_EXP_HI 88.37f
 #define RKE_EXP_LO -87.33f
 #define RKE_EXP_LOG2E 1.44269504088896341f
