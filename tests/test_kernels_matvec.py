@@ -207,6 +207,18 @@ def test_matvec_realistic_quantized(qtype: GGMLType, n_rows: int, n_cols: int) -
     check_all_backends(qtype, w, n_rows, n_cols, activations(n_cols, rng))
 
 
+@pytest.mark.parametrize("qtype", QUANT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_rows", [8, 17, 40])
+def test_matvec_long_rows(qtype: GGMLType, n_rows: int) -> None:
+    # 8224 columns: every quantized type's 8-row tile is over 24 KiB, so the decode tiles prefetch
+    # within their rows and into the next tile's (rke_matmul_quant_x86.h); one tile alone, tiles
+    # with a tail of single rows, and five tiles
+    n_cols = 8224
+    rng = np.random.default_rng([11, int(qtype), n_rows])
+    w = quant_blocks(qtype, n_rows, n_cols, rng)
+    check_all_backends(qtype, w, n_rows, n_cols, activations(n_cols, rng))
+
+
 @pytest.mark.parametrize("qtype", FLOAT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("n_cols", ODD_FLOAT_COLS)
 @pytest.mark.parametrize("n_rows", [1, 5])
