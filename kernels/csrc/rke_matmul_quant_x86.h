@@ -142,6 +142,15 @@ static inline float decode_row(const int kind, const uint8_t *w, const rke_block
     return has_min(kind) ? acc + accm : acc;
 }
 
+/* Whether the AVX2 decode tile folds 4-bit rows' lanes as int16 (pair_lanes then returns the int16
+ * pair sums): a lane holds 4 products of at most 15 * 127 = 1905 in magnitude, and the fold's first
+ * two levels add 4 lanes, 16 products, at most 30480: still an int16; the last level widens to int32
+ * (madd with ones). One madd a tile step instead of four, the same integers. 5-bit quants would
+ * overflow (16 * 31 * 127). */
+static inline int words16(const int kind) {
+    return !RKE_VNNI && (kind == KIND_Q4_0 || kind == KIND_Q4_1);
+}
+
 /* Two rows' int32 lanes in one register, [row a: 4 lanes | row b: 4 lanes], each lane the sum of
  * 8 products: elements 4i..4i+3 and 16+4i..16+4i+3. xlo and xhi hold the token's elements 0..15
  * and 16..31 in both halves. The nibble types and q8_0 load their halves straight into place (a
@@ -184,7 +193,7 @@ static inline __m256i pair_lanes(const int kind, const uint8_t *a, const uint8_t
     }
     /* unsigned pairs: two products of at most 31 * 127 each, twice: still an int16 */
     const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
-    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    return words16(kind) ? pairs : _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 #endif
 }
 
@@ -279,11 +288,20 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
         const __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xb->qs + 16)));
         /* lanes of [r0 | r2], [r1 | r3] -> [r0 01 23, r1 01 23 | r2 .., r3 ..]; the same for r4..r7; then
          * [r0, r1, r4, r5 | r2, r3, r6, r7] */
-        const __m256i ha = _mm256_hadd_epi32(pair_lanes(kind, blk[0], blk[2], xlo, xhi),
-                                             pair_lanes(kind, blk[1], blk[3], xlo, xhi));
-        const __m256i hb = _mm256_hadd_epi32(pair_lanes(kind, blk[4], blk[6], xlo, xhi),
-                                             pair_lanes(kind, blk[5], blk[7], xlo, xhi));
-        __m256i isum = _mm256_hadd_epi32(ha, hb);
+        __m256i isum;
+        if (words16(kind)) { /* the same folds on int16 words, then a widening pair sum */
+            const __m256i ha = _mm256_hadd_epi16(pair_lanes(kind, blk[0], blk[2], xlo, xhi),
+                                                 pair_lanes(kind, blk[1], blk[3], xlo, xhi));
+            const __m256i hb = _mm256_hadd_epi16(pair_lanes(kind, blk[4], blk[6], xlo, xhi),
+                                                 pair_lanes(kind, blk[5], blk[7], xlo, xhi));
+            isum = _mm256_madd_epi16(_mm256_hadd_epi16(ha, hb), _mm256_set1_epi16(1));
+        } else {
+            const __m256i ha = _mm256_hadd_epi32(pair_lanes(kind, blk[0], blk[2], xlo, xhi),
+                                                 pair_lanes(kind, blk[1], blk[3], xlo, xhi));
+            const __m256i hb = _mm256_hadd_epi32(pair_lanes(kind, blk[4], blk[6], xlo, xhi),
+                                                 pair_lanes(kind, blk[5], blk[7], xlo, xhi));
+            isum = _mm256_hadd_epi32(ha, hb);
+        }
         if (has_offset(kind)) {
             const __m256i s = _mm256_castps_si256(_mm256_broadcast_ss((const float *)&xb->s));
             isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, offset_shift(kind)));
