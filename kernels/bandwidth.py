@@ -24,7 +24,9 @@ try:
 except ImportError:  # installed with RWKV_EDGE_NO_KERNELS=1: numpy reads the buffer, one thread
     ffi = lib = None
 
-DEFAULT_BYTES = 512 << 20  # 16x this machine's 32 MiB L3: the caches hold a negligible share
+# The caches hold a negligible share of 512 MiB: on the benchmark VM a 64 MiB buffer read 28-38 GB/s (partly
+# cached), 128 MiB to 3 GiB 19-23 GB/s in the same minutes (docs/benchmarks.md, session 8).
+DEFAULT_BYTES = 512 << 20
 MIN_BYTES = 1 << 20
 IMPLS = ("avx2", "scalar", "numpy")
 
