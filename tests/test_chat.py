@@ -154,10 +154,16 @@ def test_repl_ends_cleanly_at_end_of_input(model):
     assert repl(ChatSession(model, max_tokens=5), read_line, io.StringIO()) == 0
 
 
+def _default_sigint() -> None:
+    # A test run started in the background by a shell without job control inherits SIGINT ignored,
+    # and Python then leaves it ignored: the chat would never see the test's Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def chat_process(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "rwkv_edge", "chat", str(fixture_path("reference", "tiny-7v0.pth")), *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
 def test_chat_subprocess_with_piped_input(model, tmp_path):

@@ -216,7 +216,15 @@ def test_matvec_long_rows(qtype: GGMLType, n_rows: int) -> None:
     n_cols = 8224
     rng = np.random.default_rng([11, int(qtype), n_rows])
     w = quant_blocks(qtype, n_rows, n_cols, rng)
-    check_all_backends(qtype, w, n_rows, n_cols, activations(n_cols, rng))
+    x = activations(n_cols, rng)
+    check_all_backends(qtype, w, n_rows, n_cols, x)
+    # through a pool: chunks that start past row 0 and end before the last row
+    expected = reference.matvec(qtype, w, n_rows, n_cols, x)
+    for n_threads in (2, 3):
+        with ThreadPool(n_threads) as pool:
+            for name in BACKENDS:
+                y = dispatch.load(name).matvec(qtype, w, n_rows, n_cols, x, pool=pool)
+                assert_same_bits(y, expected, f"{name}, {n_threads} threads")
 
 
 @pytest.mark.parametrize("qtype", FLOAT_TYPES, ids=lambda t: t.name)

@@ -9,7 +9,8 @@
  * weight bytes multiplies all 8 tokens at once, so a block ends with one int32 sum per token in
  * its lane and one float multiply and add for 8 outputs (llama.cpp gets the same effect by
  * repacking the weights at load; this keeps the file's layout). Decode computes 8 rows' lanes
- * against one token and folds them into a register of 8 rows with three horizontal adds. */
+ * against one token and folds them into a register of 8 rows with three horizontal adds (int16
+ * ones and a widening madd for the 4-bit types without VNNI). */
 #ifndef RKE_MATMUL_QUANT_X86_H
 #define RKE_MATMUL_QUANT_X86_H
 
@@ -152,7 +153,8 @@ static inline int words16(const int kind) {
 }
 
 /* Two rows' int32 lanes in one register, [row a: 4 lanes | row b: 4 lanes], each lane the sum of
- * 8 products: elements 4i..4i+3 and 16+4i..16+4i+3. xlo and xhi hold the token's elements 0..15
+ * 8 products: elements 4i..4i+3 and 16+4i..16+4i+3 (where words16: int16 words, [row a: 8 | row b:
+ * 8], each the sum of 4 products, elements 2i, 2i+1, 16+2i, 16+2i+1). xlo and xhi hold the token's elements 0..15
  * and 16..31 in both halves. The nibble types and q8_0 load their halves straight into place (a
  * row's first 16 elements are its low nibbles or its first 16 bytes); the 5-bit types unpack
  * each row whole and swap halves. */
@@ -215,12 +217,14 @@ static inline __m256 gather8(const uint8_t *const blk[8], const int at) {
 }
 
 /* Decode: 8 consecutive rows against one token. Pairs of rows share a register of lanes
- * (pair_lanes); three hadds fold the 8 rows' lanes into one register as [r0 r1 r4 r5 | r2 r3 r6 r7],
+ * (pair_lanes); three hadds (int16 ones and a madd where words16) fold the 8 rows' lanes into one
+ * register as [r0 r1 r4 r5 | r2 r3 r6 r7],
  * the scales are gathered in that order, and one permute at the end puts the rows in place. The
  * per-block costs that do not depend on the rows (the token's loads and offset, the fold's last hadd,
  * the loop) are shared by 8 rows: a 4-row tile did a third more instructions a row-block (one thread in
- * cache: Q4_0 -15-17 %, Q8_0 -9-11 % row-blocks/s), which matters where two threads share a core: Q4_0
- * decode was bound by them as much as by memory.
+ * cache: Q4_0 -15-17 %, Q8_0 -9-11 % row-blocks/s), which matters because a thread has only about
+ * twice the instruction throughput its share of the memory needs: Q4_0 decode is bound by them as
+ * much as by memory.
  *
  * Prefetching, one of two ways by the size of a tile (PF_NEXT_TILE or PF_IN_ROW, a constant once
  * inlined). Short rows (a tile of at most IN_ROW_MIN_TILE bytes): each step prefetches, in address
@@ -229,10 +233,10 @@ static inline __m256 gather8(const uint8_t *const blk[8], const int at) {
  * region starts, and the end of the rows this call may touch). Per-row prefetching a few blocks ahead,
  * as ggml does, left one thread at half the probe's bandwidth on 2048-column rows: the rows are short,
  * so most of those prefetches hit lines already on their way, and the next tile's lines were never
- * asked for early. Long rows (ChannelMix's value matrix, 8192 columns: a 72 KiB Q4_0 tile): the next
- * tile no longer fits in L1 beside this one, and the region scheme ran 1.2-1.4x as long as a plain
- * read; instead every third step prefetches each row ROW_LEAD blocks ahead (3 steps of 18-byte blocks
- * stay under a 64-byte line, so no line is skipped), and near a row's end the same place in the next
+ * asked for early. Long rows (ChannelMix's value matrix, 8192 columns: a 36 KiB Q4_0 tile): this tile
+ * and the next (72 KiB) no longer fit in the 48 KiB L1, and the region scheme ran 1.2-1.4x as long as a
+ * plain read; instead every in_row_period(kind) steps (the most that stay within a 64-byte line, so no
+ * line is skipped) prefetches each row ROW_LEAD blocks ahead, and near a row's end the same place in the next
  * tile's row (7 rows further on), if the next tile is below limit. 0.84-0.94x the time
  * of the region scheme on 8192 columns, in a harness alternating the two over an 800 MB matrix; on
  * 2048 columns the region scheme stays 10-18 % faster. */
@@ -241,7 +245,14 @@ static inline __m256 gather8(const uint8_t *const blk[8], const int at) {
 #endif
 #define ROW_LEAD 32
 #define IN_ROW_MIN_TILE 24576
+/* a tile over IN_ROW_MIN_TILE has rows of more than ROW_LEAD blocks of any type (34 bytes at most), so
+ * the in-row prefetches and those into the next tile's rows land in the row they aim at */
+_Static_assert(8 * ROW_LEAD * 34 < IN_ROW_MIN_TILE, "ROW_LEAD too long for IN_ROW_MIN_TILE");
 enum { PF_NEXT_TILE, PF_IN_ROW };
+static inline int in_row_period(const int kind) {
+    const int p = 64 / (int)block_bytes(kind); /* Q4_0 3, Q5_0 2, Q8_0 1 */
+    return p > 0 ? p : 1;
+}
 static inline __attribute__((always_inline)) void decode_tile(const int kind, const int pf,
                                                               const uint8_t *w,
                                                               const rke_block_q8x *x, float *y,
@@ -260,7 +271,7 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
         for (int r = 0; r < 8; r++) blk[r] = w + r * row_bytes + b * bsize;
         if (pf == PF_IN_ROW) {
             if (--countdown == 0) {
-                countdown = 3;
+                countdown = in_row_period(kind);
                 if (b + ROW_LEAD < nb) {
 #pragma GCC unroll 8
                     for (int r = 0; r < 8; r++) _mm_prefetch((const char *)(blk[r] + in_row), _MM_HINT_T0);
