@@ -250,8 +250,7 @@ static inline __m256 gather8(const uint8_t *const blk[8], const int at) {
 _Static_assert(8 * ROW_LEAD * 34 < IN_ROW_MIN_TILE, "ROW_LEAD too long for IN_ROW_MIN_TILE");
 enum { PF_NEXT_TILE, PF_IN_ROW };
 static inline int in_row_period(const int kind) {
-    const int p = 64 / (int)block_bytes(kind); /* Q4_0 3, Q5_0 2, Q8_0 1 */
-    return p > 0 ? p : 1;
+    return 64 / (int)block_bytes(kind); /* Q4_0 3, Q5_0 2, Q8_0 1 (no block is over 64 bytes) */
 }
 static inline __attribute__((always_inline)) void decode_tile(const int kind, const int pf,
                                                               const uint8_t *w,
@@ -299,20 +298,13 @@ static inline __attribute__((always_inline)) void decode_tile(const int kind, co
         const __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xb->qs + 16)));
         /* lanes of [r0 | r2], [r1 | r3] -> [r0 01 23, r1 01 23 | r2 .., r3 ..]; the same for r4..r7; then
          * [r0, r1, r4, r5 | r2, r3, r6, r7] */
-        __m256i isum;
-        if (words16(kind)) { /* the same folds on int16 words, then a widening pair sum */
-            const __m256i ha = _mm256_hadd_epi16(pair_lanes(kind, blk[0], blk[2], xlo, xhi),
-                                                 pair_lanes(kind, blk[1], blk[3], xlo, xhi));
-            const __m256i hb = _mm256_hadd_epi16(pair_lanes(kind, blk[4], blk[6], xlo, xhi),
-                                                 pair_lanes(kind, blk[5], blk[7], xlo, xhi));
-            isum = _mm256_madd_epi16(_mm256_hadd_epi16(ha, hb), _mm256_set1_epi16(1));
-        } else {
-            const __m256i ha = _mm256_hadd_epi32(pair_lanes(kind, blk[0], blk[2], xlo, xhi),
-                                                 pair_lanes(kind, blk[1], blk[3], xlo, xhi));
-            const __m256i hb = _mm256_hadd_epi32(pair_lanes(kind, blk[4], blk[6], xlo, xhi),
-                                                 pair_lanes(kind, blk[5], blk[7], xlo, xhi));
-            isum = _mm256_hadd_epi32(ha, hb);
-        }
+        const __m256i p02 = pair_lanes(kind, blk[0], blk[2], xlo, xhi), p13 = pair_lanes(kind, blk[1], blk[3], xlo, xhi);
+        const __m256i p46 = pair_lanes(kind, blk[4], blk[6], xlo, xhi), p57 = pair_lanes(kind, blk[5], blk[7], xlo, xhi);
+        /* where words16, the same folds on int16 words, then a widening pair sum */
+        __m256i isum = words16(kind)
+                           ? _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(p02, p13), _mm256_hadd_epi16(p46, p57)),
+                                               _mm256_set1_epi16(1))
+                           : _mm256_hadd_epi32(_mm256_hadd_epi32(p02, p13), _mm256_hadd_epi32(p46, p57));
         if (has_offset(kind)) {
             const __m256i s = _mm256_castps_si256(_mm256_broadcast_ss((const float *)&xb->s));
             isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, offset_shift(kind)));
@@ -339,6 +331,7 @@ static inline __attribute__((always_inline)) void matvec(const int kind, const v
     const int64_t nb = n_cols / QK, row_bytes = nb * block_bytes(kind);
     const uint8_t *wb = (const uint8_t *)w + row_begin * row_bytes;
     int64_t r = row_begin;
+    /* two loops, so that each inlined decode_tile is compiled for its prefetch scheme alone */
     if (8 * row_bytes > IN_ROW_MIN_TILE) {
         if (row_end - row_begin >= 8) {
             for (int q = 0; q < 8; q++) {
